@@ -1,0 +1,234 @@
+"""Profiles and the resolved configuration of a study.
+
+A profile is a YAML file of study parameters under notebooks/profiles/ (demo,
+cifar10-cpu, paper, full, ...). Every key of a profile is a field of `Config`; the
+field defaults below are the one source of defaults, and a profile states what it
+changes. The same YAML works with papermill directly (`papermill -f PROFILE.yaml`),
+since every notebook declares these keys in its `parameters` cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILES_DIR = REPO_ROOT / "notebooks" / "profiles"
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every parameter of a study; a profile overrides some of them."""
+
+    profile: str = "custom"
+
+    # data
+    dataset: str = "digits"
+    data_root: str | None = None  # else $GKD_DATA_ROOT, else ./data
+    download: bool = False
+    train_subset: int | None = None  # keep this many training images (stratified)
+    test_subset: int | None = None  # keep this many test images (stratified)
+    val_fraction: float = 0.1  # held out from train, selects the best epoch
+
+    # networks
+    teacher: str = "resnet20"
+    teacher_width: float = 1.0
+    student: str = "resnet8"
+    student_width: float = 1.0
+
+    # methods: the student arms, and keyword arguments per method name
+    methods: tuple[str, ...] = ("baseline", "kd", "feature", "geometry")
+    method_args: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    teacher_seed: int = 0
+
+    # optimisation (the same for the teacher and every student arm)
+    epochs: int = 10
+    teacher_epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine with linear warm-up, or step (x gamma at milestones)
+    warmup_epochs: int = 1
+    milestones: tuple[int, ...] = (150, 180, 210)
+    gamma: float = 0.1
+
+    # execution
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    compile: bool = False  # torch.compile the student (a GPU option)
+    eval_batch_size: int = 512
+    runs_dir: str = "runs"
+    figures_dir: str = "figures"
+
+    # analysis and the lambda sweep
+    umap_points: int = 2000  # test images per UMAP panel
+    sweep_weights: tuple[float, ...] = ()  # geometry weights to sweep; empty: no sweep
+    sweep_centroids: tuple[str, ...] = ("running", "batch")
+    use_sweep_best: bool = False  # geometry arms take the sweep's best weight
+
+    @property
+    def profile_dir(self) -> Path:
+        return Path(self.runs_dir) / self.profile
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.profile_dir / "teacher"
+
+    def student_dir(self, run_name: str, seed: int) -> Path:
+        return self.profile_dir / "students" / run_name / f"seed{seed}"
+
+    @property
+    def figure_dir(self) -> Path:
+        return Path(self.figures_dir) / self.profile
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    def replace(self, **changes) -> Config:
+        return validate(dataclasses.replace(self, **_normalise(changes)))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+class ConfigError(ValueError):
+    """A profile or parameter that cannot be used; the message says what is accepted."""
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    """A profile name (notebooks/profiles/NAME.yaml) or a path to a YAML file."""
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"profile file {path} does not exist")
+        return path
+    named = PROFILES_DIR / f"{profile}.yaml"
+    if not named.is_file():
+        raise ConfigError(f"unknown profile {str(profile)!r}; valid profiles: {', '.join(profile_names())} "
+                          "(or a path to a .yaml file)")
+    return named
+
+
+def load_profile(profile: str | os.PathLike) -> dict:
+    """The raw parameters of a profile, with its keys checked."""
+    path = profile_path(profile)
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {path} must be a mapping of parameter names to values")
+    check_keys(data, f"profile {path}")
+    data.setdefault("profile", path.stem)
+    return data
+
+
+def check_keys(parameters: dict, where: str) -> None:
+    unknown = sorted(set(parameters) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter {', '.join(unknown)}; valid parameters: "
+                          f"{', '.join(FIELDS)}")
+
+
+def resolve(profile: str | os.PathLike = "demo", **overrides) -> Config:
+    """The profile's parameters, then the overrides that are not None, checked."""
+    data = load_profile(profile)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    check_keys(changes, "parameters")
+    data.update(changes)
+    return validate(Config(**_normalise(data)))
+
+
+def from_notebook(namespace: dict) -> Config:
+    """The configuration a notebook's parameters cell describes.
+
+    `profile` names the profile; every other study parameter that is not None
+    overrides it (papermill injects them from `-f PROFILE.yaml` or `-p KEY VALUE`).
+    """
+    overrides = {k: namespace[k] for k in FIELDS if k != "profile" and namespace.get(k) is not None}
+    return resolve(namespace.get("profile") or "demo", **overrides)
+
+
+def _normalise(data: dict) -> dict:
+    """YAML lists -> tuples, so that a Config is hashable and comparable."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+
+
+def validate(cfg: Config) -> Config:
+    """Refuse names that are not registered and values out of range, before any training."""
+    from gkd_lib.datasets import DATASETS
+    from gkd_lib.methods import check_method_args, split_spec
+    from gkd_lib.models import MODELS
+
+    DATASETS.get(cfg.dataset)
+    MODELS.get(cfg.teacher)
+    MODELS.get(cfg.student)
+    if not cfg.methods:
+        raise ConfigError("methods is empty; list at least one method, for example [baseline]")
+    for spec in cfg.methods:
+        split_spec(spec)
+    check_method_args(cfg.method_args)
+    _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+
+    for name in ("epochs", "teacher_epochs", "batch_size", "eval_batch_size", "umap_points"):
+        _check_int(name, getattr(cfg, name), minimum=1)
+    _check_int("warmup_epochs", cfg.warmup_epochs, minimum=0)
+    for name in ("train_subset", "test_subset"):
+        if getattr(cfg, name) is not None:
+            _check_int(name, getattr(cfg, name), minimum=1)
+    if not cfg.seeds:
+        raise ConfigError("seeds is empty; list at least one seed, for example [0]")
+    for seed in (*cfg.seeds, cfg.teacher_seed):
+        _check_int("seed", seed, minimum=0)
+    _check_number("lr", cfg.lr, low=0, low_open=True)
+    _check_number("weight_decay", cfg.weight_decay, low=0)
+    _check_number("gamma", cfg.gamma, low=0, low_open=True)
+    _check_number("teacher_width", cfg.teacher_width, low=0, low_open=True)
+    _check_number("student_width", cfg.student_width, low=0, low_open=True)
+    if not (_is_number(cfg.momentum) and 0 <= cfg.momentum < 1):
+        raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum!r}")
+    if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
+        raise ConfigError(f"val_fraction must be in (0, 1): a validation split selects the best epoch; "
+                          f"got {cfg.val_fraction!r}")
+    for milestone in cfg.milestones:
+        _check_int("milestones", milestone, minimum=1)
+    for weight in cfg.sweep_weights:
+        _check_number("sweep_weights", weight, low=0)
+    for mode in cfg.sweep_centroids:
+        _check_choice("sweep_centroids", mode, ("running", "batch"))
+    return cfg
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_number(name, value, low, low_open=False):
+    if not _is_number(value) or value < low or (low_open and value == low):
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; valid {name}s: {', '.join(choices)}")
