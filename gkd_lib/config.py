@@ -31,7 +31,7 @@ class Config:
 
     # data
     dataset: str = "digits"
-    data_root: str | None = None  # else $GKD_DATA_ROOT, else ./data
+    data_root: str | None = None  # else $GKD_DATA_ROOT, else data/ at the repository root
     download: bool = False
     train_subset: int | None = None  # keep this many training images (stratified)
     test_subset: int | None = None  # keep this many test images (stratified)
@@ -66,8 +66,9 @@ class Config:
     # execution
     device: str = "auto"  # auto: CUDA when present, else CPU
     compile: bool = False  # torch.compile the student (a GPU option)
+    threads: int | None = None  # CPU threads for torch; None: torch's default (all cores)
     eval_batch_size: int = 512
-    runs_dir: str = "runs"
+    runs_dir: str = "runs"  # relative paths here are relative to the repository root
     figures_dir: str = "figures"
 
     # analysis and the lambda sweep
@@ -78,7 +79,7 @@ class Config:
 
     @property
     def profile_dir(self) -> Path:
-        return Path(self.runs_dir) / self.profile
+        return in_repo(self.runs_dir) / self.profile
 
     @property
     def teacher_dir(self) -> Path:
@@ -89,7 +90,16 @@ class Config:
 
     @property
     def figure_dir(self) -> Path:
-        return Path(self.figures_dir) / self.profile
+        return in_repo(self.figures_dir) / self.profile
+
+    @property
+    def resolved_data_root(self) -> Path:
+        """data_root, else $GKD_DATA_ROOT, else data/ at the repository root."""
+        if self.data_root is not None:
+            return in_repo(self.data_root)
+        if os.environ.get("GKD_DATA_ROOT"):
+            return Path(os.environ["GKD_DATA_ROOT"]).expanduser()
+        return REPO_ROOT / "data"
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -100,6 +110,13 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def in_repo(path: str | os.PathLike) -> Path:
+    """A path from a profile: relative paths are relative to the repository root, not the cwd,
+    so that a notebook opened in notebooks/ and the pipeline find the same folders."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 class ConfigError(ValueError):
@@ -169,8 +186,10 @@ def _normalise(data: dict) -> dict:
 
 def validate(cfg: Config) -> Config:
     """Refuse names that are not registered and values out of range, before any training."""
+    import torch
+
     from gkd_lib.datasets import DATASETS
-    from gkd_lib.methods import check_method_args, split_spec
+    from gkd_lib.methods import MethodContext, build_methods, check_method_args
     from gkd_lib.models import MODELS
 
     DATASETS.get(cfg.dataset)
@@ -178,9 +197,12 @@ def validate(cfg: Config) -> Config:
     MODELS.get(cfg.student)
     if not cfg.methods:
         raise ConfigError("methods is empty; list at least one method, for example [baseline]")
-    for spec in cfg.methods:
-        split_spec(spec)
     check_method_args(cfg.method_args)
+    # Building each arm's methods on a toy context checks every argument's value now,
+    # not hours later when that arm's turn comes.
+    toy = MethodContext(num_classes=2, student_dim=2, teacher_dim=2, teacher_centroids=torch.eye(2))
+    for spec in cfg.methods:
+        build_methods(spec, cfg.method_args, toy)
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("schedule", cfg.schedule, SCHEDULES)
     _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
@@ -188,7 +210,7 @@ def validate(cfg: Config) -> Config:
     for name in ("epochs", "teacher_epochs", "batch_size", "eval_batch_size", "umap_points"):
         _check_int(name, getattr(cfg, name), minimum=1)
     _check_int("warmup_epochs", cfg.warmup_epochs, minimum=0)
-    for name in ("train_subset", "test_subset"):
+    for name in ("train_subset", "test_subset", "threads"):
         if getattr(cfg, name) is not None:
             _check_int(name, getattr(cfg, name), minimum=1)
     if not cfg.seeds:

@@ -90,6 +90,31 @@ def cache_dir() -> Path:
     return Path(base) / "gkd"
 
 
+SHAPES = {  # classes, channels, image size: what a dry run needs to build models without the data
+    "cifar100": (100, 3, 32),
+    "cifar10": (10, 3, 32),
+    "fashion_mnist": (10, 1, 28),
+    "digits": (10, 1, 8),
+}
+
+
+def describe(name: str, root: str | os.PathLike | None = None) -> tuple[int, int, int]:
+    """(classes, channels, image size) of a dataset, without loading its images."""
+    DATASETS.get(name)
+    if name in SHAPES:
+        return SHAPES[name]
+    folder = resolve_data_root(root) / "train"
+    classes = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not classes:
+        raise _missing(name, folder.parent, downloadable=False,
+                       extra="Its class folders give the number of classes. ")
+    from PIL import Image
+
+    first = next(p for p in sorted(classes[0].iterdir()) if p.is_file())
+    with Image.open(first) as image:
+        return len(classes), 3, image.size[0]
+
+
 def load_dataset(
     name: str,
     root: str | os.PathLike | None = None,

@@ -57,8 +57,10 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------- devices
 
 
-def select_device(spec: str = "auto") -> torch.device:
+def select_device(spec: str = "auto", threads: int | None = None) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA without it falls back with a warning."""
+    if threads:
+        torch.set_num_threads(threads)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
@@ -81,7 +83,7 @@ def autocast(device: torch.device):
 
 def load_data(cfg: Config) -> ImageData:
     """The profile's dataset with its validation split held out."""
-    return load_dataset(cfg.dataset, cfg.data_root, download=cfg.download,
+    return load_dataset(cfg.dataset, cfg.resolved_data_root, download=cfg.download,
                         val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
                         test_subset=cfg.test_subset, seed=SPLIT_SEED)
 
@@ -259,20 +261,15 @@ def run_params(cfg: Config, role: str, method: str, seed: int, method_args: dict
     return params
 
 
-def prepare_folder(run: Run, cfg: Config, force: bool) -> str:
-    """'done', 'resume' or 'new'; refuses to overwrite a run made with other parameters."""
+def run_state(run: Run) -> str:
+    """'done', 'resume' or 'new'; refuses a folder that holds a run with other parameters."""
     folder = run.folder
     config_path = folder / "config.json"
-    if force and folder.exists():
-        for child in folder.iterdir():
-            if child.name != ".lock":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
     if not config_path.exists():
         return "new"
-    stored = read_json(config_path).get("run")
+    stored = read_json(config_path).get("run") or {}
     if stored != run.params:
-        changed = sorted(k for k in set(stored or {}) | set(run.params)
-                         if (stored or {}).get(k) != run.params.get(k))
+        changed = sorted(k for k in set(stored) | set(run.params) if stored.get(k) != run.params.get(k))
         raise RunExistsError(
             f"{folder} holds a run made with other parameters (differing: {', '.join(changed)}); "
             "rerun with force=True (--force) to overwrite it, or choose another runs_dir"
@@ -280,6 +277,13 @@ def prepare_folder(run: Run, cfg: Config, force: bool) -> str:
     if (folder / "summary.json").exists():
         return "done"
     return "resume" if (folder / "last.pt").exists() else "new"
+
+
+def clear_run(folder: Path) -> None:
+    """Remove a run's files (for --force); the lock file stays, it is held right now."""
+    for child in folder.iterdir():
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def fit(run: Run, distiller: Distiller, data: ImageData, cfg: Config, *, device: torch.device,
@@ -290,7 +294,9 @@ def fit(run: Run, distiller: Distiller, data: ImageData, cfg: Config, *, device:
     `after_training(folder)` runs once the epochs are done, before the summary is written.
     """
     with locked(run.folder, "training run"):
-        state = prepare_folder(run, cfg, force)
+        if force:
+            clear_run(run.folder)
+        state = run_state(run)
         if state == "done":
             return read_json(run.folder / "summary.json")
         if state == "new":
@@ -427,18 +433,31 @@ def _summary_line(run: Run, row: dict) -> str:
 # ----------------------------------------------------------------------------- entry points
 
 
+def teacher_run(cfg: Config) -> Run:
+    return Run(cfg.teacher_dir, "teacher", "baseline", cfg.teacher_seed, cfg.teacher_epochs,
+               run_params(cfg, "teacher", "baseline", cfg.teacher_seed, {}))
+
+
+def student_run(cfg: Config, method: str, seed: int, run_name: str | None = None,
+                method_args: dict | None = None) -> Run:
+    method_args = cfg.method_args if method_args is None else method_args
+    return Run(cfg.student_dir(run_name or method, seed), "student", method, seed, cfg.epochs,
+               run_params(cfg, "student", method, seed, method_args))
+
+
 def train_teacher(cfg: Config, data: ImageData | None = None, *, force: bool = False,
                   progress: bool = True) -> dict:
     """Train the profile's teacher, then store its class centroids (train split) beside it."""
+    run = teacher_run(cfg)
+    if not force and run_state(run) == "done":
+        return read_json(run.folder / "summary.json")
     data = data or load_data(cfg)
-    device = select_device(cfg.device)
+    device = select_device(cfg.device, cfg.threads)
     seed_everything(cfg.teacher_seed)
     teacher = build_model(cfg.teacher, data.num_classes, data.in_channels, cfg.teacher_width)
     check_model_fits(teacher, data, "teacher")
     distiller = Distiller(teacher, build_methods("baseline", {}, MethodContext(data.num_classes,
                                                                                 teacher.embedding_dim)))
-    run = Run(cfg.teacher_dir, "teacher", "baseline", cfg.teacher_seed, cfg.teacher_epochs,
-              run_params(cfg, "teacher", "baseline", cfg.teacher_seed, {}))
     info = model_info(cfg.teacher, cfg.teacher_width, data, teacher)
 
     def store_centroids(folder: Path) -> None:
@@ -460,8 +479,11 @@ def train_student(cfg: Config, method: str, seed: int, *, run_name: str | None =
     """Distil one student arm (`method`, for example 'geometry' or 'kd+geometry') with one seed."""
     split_spec(method)
     method_args = cfg.method_args if method_args is None else method_args
+    run = student_run(cfg, method, seed, run_name, method_args)
+    if not force and run_state(run) == "done":
+        return read_json(run.folder / "summary.json")
     data = data or load_data(cfg)
-    device = select_device(cfg.device)
+    device = select_device(cfg.device, cfg.threads)
     teacher, centroids = load_teacher(cfg, data, device)
 
     seed_everything(seed)
@@ -469,8 +491,5 @@ def train_student(cfg: Config, method: str, seed: int, *, run_name: str | None =
     check_model_fits(student, data, "student")
     context = MethodContext(data.num_classes, student.embedding_dim, teacher.embedding_dim, centroids)
     distiller = Distiller(student, build_methods(method, method_args, context), teacher)
-    run_name = run_name or method
-    run = Run(cfg.student_dir(run_name, seed), "student", method, seed, cfg.epochs,
-              run_params(cfg, "student", method, seed, method_args))
     info = model_info(cfg.student, cfg.student_width, data, student)
     return fit(run, distiller, data, cfg, device=device, info=info, force=force, progress=progress)

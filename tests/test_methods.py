@@ -206,3 +206,69 @@ def test_every_method_names_its_source():
     for name in METHODS:
         module = __import__(METHODS.get(name).__module__, fromlist=["_"])
         assert module.__doc__ and module.__doc__.startswith(f"{name}:"), name
+
+
+# ----------------------------------------------------------------------------- comparison arms
+
+
+def test_rkd_is_blind_to_scale_and_matches_a_hand_value():
+    (rkd,) = build_methods("rkd", {"rkd": {"distance_weight": 1.0, "angle_weight": 1.0}}, context())
+    teacher = outputs([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    scaled = outputs([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    terms = rkd(scaled, teacher, torch.tensor([0, 1, 2]))
+    assert terms["rkd_distance"].item() == pytest.approx(0.0, abs=1e-7)
+    assert terms["rkd_angle"].item() == pytest.approx(0.0, abs=1e-7)
+
+    # Student (0,0), (1,0), (0,2). Distances over the 6 ordered pairs:
+    # teacher 1, 1, sqrt2 (mean (2 + sqrt2)/3), student 1, 2, sqrt5 (mean (3 + sqrt5)/3).
+    mt, ms = (2 + math.sqrt(2)) / 3, (3 + math.sqrt(5)) / 3
+    diffs = [1 / ms - 1 / mt, 2 / ms - 1 / mt, math.sqrt(5) / ms - math.sqrt(2) / mt]
+    distance = sum(2 * 0.5 * d * d for d in diffs) / 9  # smooth L1 below 1, mean over the 3x3 matrix
+    # Angles at each vertex (cosines); the only nonzero triplets are (i, j, k) with i, k != j.
+    # Teacher: at 0: 0; at 1: cos 45 deg; at 2: cos 45 deg. Student: at 0: 0; at 1: 1/sqrt5; at 2: 2/sqrt5.
+    angle_diffs = [0.0, 1 / math.sqrt(5) - SQRT_HALF, 2 / math.sqrt(5) - SQRT_HALF]
+    # each vertex j has 2 off-diagonal (i, k) entries with the angle, 2 diagonal entries equal to 1 in both
+    angle = sum(2 * 0.5 * d * d for d in angle_diffs) / 27
+    terms = rkd(outputs([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]), teacher, torch.tensor([0, 1, 2]))
+    assert terms["rkd_distance"].item() == pytest.approx(distance, rel=1e-5)
+    assert terms["rkd_angle"].item() == pytest.approx(angle, rel=1e-5)
+
+
+def test_sp_by_hand():
+    (sp,) = build_methods("sp", {"sp": {"weight": 1.0}}, context())
+    # Teacher rows (1,0), (1,1): G = [[1,1],[1,2]], normalised rows [1,1]/sqrt2, [1,2]/sqrt5.
+    # Student rows (1,0), (0,1): G = I.
+    teacher, student = outputs([[1.0, 0.0], [1.0, 1.0]]), outputs([[1.0, 0.0], [0.0, 1.0]])
+    squared = (1 - SQRT_HALF) ** 2 + SQRT_HALF**2 + (1 / math.sqrt(5)) ** 2 + (1 - 2 / math.sqrt(5)) ** 2
+    assert sp(student, teacher, torch.tensor([0, 1]))["sp"].item() == pytest.approx(squared / 4, rel=1e-5)
+
+
+def test_cc_by_hand():
+    (cc,) = build_methods("cc", {"cc": {"weight": 1.0, "gamma": 0.5, "order": 1}}, context())
+    # gamma 0.5, order 1: k(x, y) = exp(-1) (1 + x.y) on unit vectors.
+    # Teacher: orthogonal pair, off-diagonal 1/e; student: the same direction, off-diagonal 2/e.
+    # Diagonals are 2/e in both. Loss = 2 (1/e)^2 / 4.
+    teacher, student = outputs([[1.0, 0.0], [0.0, 3.0]]), outputs([[1.0, 1.0], [2.0, 2.0]])
+    expected = 2 * math.exp(-2) / 4
+    assert cc(student, teacher, torch.tensor([0, 1]))["cc"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dkd_by_hand():
+    args = {"dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 1.0, "warmup": 0}}
+    (dkd,) = build_methods("dkd", args, context())
+    student = outputs([[0, 0]], [[0.0, 0.0, 0.0]])  # uniform: 1/3 each
+    # Teacher (0, ln3, 0): p = (1/5, 3/5, 1/5). Label 0.
+    # TCKD: b_t = (1/5, 4/5) against b_s = (1/3, 2/3).
+    # NCKD: non-target t = (3/4, 1/4) against s = (1/2, 1/2).
+    teacher = outputs([[0, 0]], [[0.0, math.log(3), 0.0]])
+    terms = dkd(student, teacher, torch.tensor([0]))
+    tckd = 0.2 * math.log(0.2 / (1 / 3)) + 0.8 * math.log(0.8 / (2 / 3))
+    nckd = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert terms["dkd_tckd"].item() == pytest.approx(tckd, rel=1e-5)
+    assert terms["dkd_nckd"].item() == pytest.approx(8.0 * nckd, rel=1e-5)
+
+    (dkd,) = build_methods("dkd", {"dkd": {"temperature": 1.0, "warmup": 4}}, context())
+    dkd.set_epoch(0)  # the first of four warm-up epochs: a quarter of the weight
+    assert dkd(student, teacher, torch.tensor([0]))["dkd_tckd"].item() == pytest.approx(tckd / 4, rel=1e-5)
+    dkd.set_epoch(10)
+    assert dkd(student, teacher, torch.tensor([0]))["dkd_tckd"].item() == pytest.approx(tckd, rel=1e-5)
