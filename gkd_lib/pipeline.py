@@ -219,7 +219,8 @@ def _line(status: str, label: str, seconds: float | None, where: Path) -> str:
 
 
 def run_stage(steps: list[Step], *, kernel: str, devices: list[str] | None, log_output: bool,
-              echo=print) -> None:
+              echo=print, tolerate: Callable[[Step], bool] = lambda step: False) -> None:
+    """Run the steps that are not done; `tolerate(step)` lets a failed step be reported and passed."""
     pending = []
     for step in steps:
         if step.is_done():
@@ -228,11 +229,19 @@ def run_stage(steps: list[Step], *, kernel: str, devices: list[str] | None, log_
             pending.append(step)
     if not pending:
         return
-    if not devices or len(devices) < 2 or len(pending) < 2:
-        device = devices[0] if devices else None
-        for step in pending:
-            echo(_line("run", step.label, None, step.output))
+    def attempt(step: Step, device: str | None) -> None:
+        echo(_line("run", step.label + (f" on {device}" if devices and len(devices) > 1 else ""), None,
+                   step.output))
+        try:
             echo(_line("ok", step.label, _run_step(step, kernel, log_output, device), step.output))
+        except StepFailed as error:
+            if not tolerate(step):
+                raise
+            echo(_line("fail", step.label, None, step.output) + f"\n       {str(error).splitlines()[0]}")
+
+    if not devices or len(devices) < 2 or len(pending) < 2:
+        for step in pending:
+            attempt(step, devices[0] if devices else None)
         return
 
     # Independent student runs, one per device at a time.
@@ -243,8 +252,7 @@ def run_stage(steps: list[Step], *, kernel: str, devices: list[str] | None, log_
     def work(step: Step) -> None:
         device = free.get()
         try:
-            echo(_line("run", f"{step.label} on {device}", None, step.output))
-            echo(_line("ok", step.label, _run_step(step, kernel, log_output, device), step.output))
+            attempt(step, device)
         finally:
             free.put(device)
 
@@ -278,7 +286,9 @@ def run_pipeline(cfg: Config, *, only: str | None = None, force: bool = False, k
         for stage in stages:
             # Planned stage by stage: the students may depend on the sweep's result.
             steps = plan(cfg, force)[stage]
-            run_stage(steps, kernel=kernel, devices=devices, log_output=log_output, echo=echo)
+            # A sweep point that diverges (a weight too large) is a result, not a reason to stop.
+            run_stage(steps, kernel=kernel, devices=devices, log_output=log_output, echo=echo,
+                      tolerate=lambda step: step.stage == "sweep" and step.notebook == NOTEBOOKS["student"])
         html = None
         if "report" in stages:
             html = render_html(cfg.profile_dir / "notebooks" / "04_report.ipynb",

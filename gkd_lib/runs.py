@@ -194,6 +194,7 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "torch_build": torch.__version__,
         "packages": packages,
         "git_commit": git_commit(),
     }

@@ -32,7 +32,7 @@ from gkd_lib.config import Config
 from gkd_lib.datasets import ImageData, load_dataset
 from gkd_lib.distiller import Distiller
 from gkd_lib.geometry import class_centroids
-from gkd_lib.methods import MethodContext, build_methods, split_spec
+from gkd_lib.methods import MethodContext, build_methods, method_defaults, split_spec
 from gkd_lib.models import build_model, count_parameters
 from gkd_lib.runs import (
     CheckpointError,
@@ -252,11 +252,13 @@ def run_params(cfg: Config, role: str, method: str, seed: int, method_args: dict
     if role == "teacher":
         params.update(model=cfg.teacher, width=cfg.teacher_width, epochs=cfg.teacher_epochs)
     else:
-        names = split_spec(method)
+        # Every argument of the arm's methods, defaults included: a changed default is a changed run.
+        arguments = {name: {**method_defaults(name), **(method_args.get(name) or {})}
+                     for name in split_spec(method)}
         params.update(model=cfg.student, width=cfg.student_width, epochs=cfg.epochs,
                       teacher=cfg.teacher, teacher_width=cfg.teacher_width,
                       teacher_epochs=cfg.teacher_epochs, teacher_seed=cfg.teacher_seed,
-                      method_args={k: v for k, v in method_args.items() if k in names})
+                      method_args=arguments)
     params.update(role=role, method=method, seed=seed)
     return params
 
@@ -338,37 +340,26 @@ def _fit_locked(run, distiller, data, cfg, device, info, progress, after_trainin
         if progress and start_epoch < run.epochs:
             tqdm.write(f"resuming {folder} after epoch {start_epoch}")
 
-    check_every = 1 if device.type == "cpu" else 200  # a CPU sync is free; a GPU one is not
     for epoch in range(start_epoch, run.epochs):
         distiller.train()
         distiller.set_epoch(epoch)
         started = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        seen = 0
+        sums, correct, seen = None, torch.zeros((), device=device), 0
+        watch = NonFiniteWatch(device)
         bar = tqdm(train.train_epoch(generator), total=len(train), leave=False, disable=not progress,
                    desc=f"{run.role} {run.method} seed {run.seed} epoch {epoch + 1}/{run.epochs}")
         for step, (images, labels) in enumerate(bar):
-            with autocast(device):
-                logits, terms = step_fn(images, labels)
-            loss = sum(terms.values())
-            if step % check_every == 0 and not torch.isfinite(loss):
-                _raise_non_finite(epoch, step, terms)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0) + value.detach().float() * len(labels)
-            sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(labels)
+            logits, terms, loss = train_step(step_fn, optimizer, scheduler, images, labels, device)
+            values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())])
+            watch.check(values, epoch, f"{step + 1}/{len(train)}", ["loss", *terms])
+            sums = values * len(labels) if sums is None else sums + values * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
+        watch.raise_if_seen(epoch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - started
-        means = {name: (value / seen).item() for name, value in sums.items()}
-        if not all(math.isfinite(v) for v in means.values()):
-            _raise_non_finite(epoch, "(some step of the epoch)", means)
+        means = dict(zip(["loss", *terms], (sums / seen).tolist(), strict=True))
 
         val_acc = accuracy(distiller.student, val, cfg.eval_batch_size)
         test_acc = accuracy(distiller.student, test, cfg.eval_batch_size)
@@ -412,10 +403,60 @@ def _fit_locked(run, distiller, data, cfg, device, info, progress, after_trainin
     return summary
 
 
-def _raise_non_finite(epoch, step, terms) -> None:
-    values = ", ".join(f"{name} = {float(value):.4g}" for name, value in terms.items())
+def train_step(step_fn, optimizer, scheduler, images, labels, device):
+    """One optimisation step: forward under autocast, the sum of the loss terms, backward, update.
+
+    Nothing here reads a value back to the host, so a GPU never waits for the CPU.
+    """
+    with autocast(device):
+        logits, terms = step_fn(images, labels)
+    loss = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return logits, terms, loss
+
+
+class NonFiniteWatch:
+    """Stops a run at a NaN or infinite loss, naming the epoch, the step and every term.
+
+    On the CPU each step is checked at once (reading a CPU value costs nothing); on a
+    GPU the first bad step and its values are kept on the device and read at the end of
+    the epoch, so that no step waits for the host. Either way the run stops before the
+    epoch's checkpoint is written, and the last good one stays.
+    """
+
+    def __init__(self, device: torch.device):
+        self.on_host = device.type == "cpu"
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.values, self.where, self.names = None, {}, []
+
+    def check(self, values: torch.Tensor, epoch: int, step: str, names: list[str]) -> None:
+        finite = torch.isfinite(values).all()
+        if self.on_host:
+            if not finite:
+                _raise_non_finite(epoch, step, dict(zip(names, values.tolist(), strict=True)))
+            return
+        index = len(self.where)
+        self.where[index], self.names = step, names
+        newly = (self.first_bad < 0) & ~finite
+        self.first_bad = torch.where(newly, index, self.first_bad)
+        self.values = values if self.values is None else torch.where(newly, values, self.values)
+
+    def raise_if_seen(self, epoch: int) -> None:
+        if self.on_host or self.values is None:
+            return
+        first = int(self.first_bad.item())
+        if first >= 0:
+            _raise_non_finite(epoch, self.where[first], dict(zip(self.names, self.values.tolist(), strict=True)))
+
+
+def _raise_non_finite(epoch, step, values: dict[str, float]) -> None:
+    listed = ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
     raise NonFiniteLossError(
-        f"non-finite loss at epoch {epoch + 1}, step {step}: {values}. The run stopped; its last good "
+        f"non-finite loss at epoch {epoch + 1}, step {step}: {listed}. The run stopped; its last good "
         "checkpoint (last.pt, from the previous epoch) is kept. Lower the learning rate or the loss weights."
     )
 

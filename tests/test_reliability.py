@@ -1,0 +1,260 @@
+"""Reliability: resume after SIGKILL, damaged checkpoints, bad input refused before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from gkd_lib import config, pipeline, train
+from gkd_lib.config import ConfigError
+from gkd_lib.datasets import load_dataset
+from gkd_lib.methods import METHODS, Method
+from gkd_lib.models import build_model
+from gkd_lib.registry import UnknownNameError
+from gkd_lib.runs import CheckpointError, RunExistsError, ensure_writable, load_checkpoint
+
+TIMING = {"images_per_s", "epoch_time_s", "elapsed_s"}
+# A teacher slow enough (about a second an epoch) for a kill to land between epochs.
+KILLABLE = {"teacher": "resnet20", "teacher_width": 2.0, "teacher_epochs": 6, "threads": 1}
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def metrics(folder):
+    with open(folder / "metrics.jsonl") as handle:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in handle]
+
+
+def kill_after_epochs(command: list[str], metrics_file, epochs: int) -> None:
+    """Start `command`, SIGKILL it once `metrics_file` has `epochs` rows."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= epochs:
+            break
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before it could be killed: {process.stderr.read().decode()}")
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_sigkilled_run_resumes_to_identical_metrics(tmp_path):
+    killed = config.resolve("demo", runs_dir=str(tmp_path / "killed"), **KILLABLE)
+    script = ("import sys; from gkd_lib import config, train; "
+              f"cfg = config.resolve('demo', runs_dir=sys.argv[1], **{KILLABLE!r}); "
+              "train.train_teacher(cfg, progress=False)")
+    kill_after_epochs([sys.executable, "-c", script, str(tmp_path / "killed")],
+                      killed.teacher_dir / "metrics.jsonl", epochs=2)
+    assert not (killed.teacher_dir / "summary.json").exists()
+    stopped_at = load_checkpoint(killed.teacher_dir / "last.pt")["epoch"]
+    assert 2 <= stopped_at < 6
+
+    resumed = train.train_teacher(killed, progress=False)
+    whole = config.resolve("demo", runs_dir=str(tmp_path / "whole"), **KILLABLE)
+    uninterrupted = train.train_teacher(whole, progress=False)
+    assert metrics(killed.teacher_dir) == metrics(whole.teacher_dir)
+    assert len(metrics(killed.teacher_dir)) == 6
+    for key in ("test_acc_at_best_val", "best_val_epoch", "test_acc_last"):
+        assert resumed[key] == uninterrupted[key]
+    assert torch.equal(torch.load(killed.teacher_dir / "centroids.pt")["centroids"],
+                       torch.load(whole.teacher_dir / "centroids.pt")["centroids"])
+
+
+def test_killed_pipeline_resumes_its_run(tmp_path):
+    profile = tmp_path / "resume.yaml"
+    profile.write_text(yaml.safe_dump({"profile": "resume", "dataset": "digits", "methods": ["baseline"],
+                                       "runs_dir": str(tmp_path / "runs"), "figures_dir": str(tmp_path / "fig"),
+                                       **KILLABLE}))
+    cfg = config.resolve(profile)
+    command = [sys.executable, "-m", "gkd_lib.pipeline", "--profile", str(profile), "--only", "teacher"]
+    kill_after_epochs(command, cfg.teacher_dir / "metrics.jsonl", epochs=2)
+    assert not (cfg.teacher_dir / "summary.json").exists()
+
+    lines = []
+    pipeline.run_pipeline(cfg, only="teacher", echo=lines.append)
+    assert any(line.startswith("[  ok] 01 teacher") for line in lines)
+    notebook = (cfg.profile_dir / "notebooks" / "01_train_teacher.ipynb").read_text()
+    assert "resuming" in notebook
+    whole = config.resolve("demo", runs_dir=str(tmp_path / "whole"), **KILLABLE)
+    train.train_teacher(whole, progress=False)
+    assert metrics(cfg.teacher_dir) == metrics(whole.teacher_dir)
+
+
+@pytest.fixture(scope="module")
+def small_teacher(tmp_path_factory):
+    cfg = config.resolve("demo", runs_dir=str(tmp_path_factory.mktemp("runs")), teacher="resnet8",
+                         teacher_width=0.5, teacher_epochs=2, student_width=0.5, epochs=2)
+    train.train_teacher(cfg, progress=False)
+    return cfg
+
+
+def test_truncated_checkpoint_gives_a_clear_error(small_teacher, tmp_path):
+    damaged = tmp_path / "last.pt"
+    data = (small_teacher.teacher_dir / "last.pt").read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(damaged)
+    message = str(error.value)
+    assert str(damaged) in message and "truncated or corrupt" in message and "restart" in message
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(garbage)
+
+
+def test_corrupt_checkpoint_stops_a_resume_with_a_clear_error(small_teacher, tmp_path):
+    cfg = small_teacher.replace(runs_dir=str(tmp_path / "runs"), teacher_epochs=2)
+    folder = cfg.teacher_dir
+    train.train_teacher(cfg, progress=False)
+    (folder / "summary.json").unlink()  # as if killed after the last checkpoint
+    (folder / "last.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match=f"{folder / 'last.pt'}.*--force"):
+        train.train_teacher(cfg, progress=False)
+
+
+def test_checkpoints_load_with_weights_only(small_teacher):
+    state = torch.load(small_teacher.teacher_dir / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "best"} <= set(state)
+    assert {"torch", "data", "numpy", "python"} <= set(state["rng"])
+
+
+def test_geometry_bank_is_in_the_checkpoint(small_teacher):
+    train.train_student(small_teacher, "geometry", seed=0, progress=False)
+    state = torch.load(small_teacher.student_dir("geometry", 0) / "last.pt", weights_only=True)
+    bank = state["model"]["methods"]["0.bank"]
+    assert bank.shape == (10, 32) and bank.abs().sum() > 0
+    assert state["model"]["methods"]["0.seen"].all()
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ({"methods": ["distill"]}, "unknown method 'distill'; valid methods: baseline, cc, dkd, feature, geometry"),
+        ({"student": "vgg8"}, "unknown model 'vgg8'; valid models: resnet14"),
+        ({"teacher": "wrn40"}, "unknown model 'wrn40'"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; valid datasets: cifar10, cifar100, digits"),
+        ({"optimizer": "adam"}, "unknown optimizer 'adam'; valid optimizers: sgd, adamw"),
+        ({"method_args": {"kd": {"temperature": 0}}}, "kd temperature must be a finite number > 0, got 0"),
+        ({"method_args": {"kd": {"temperature": -2.0}}}, "got -2.0"),
+        ({"method_args": {"geometry": {"weight": -1}}}, "geometry weight must be a finite number >= 0, got -1"),
+        ({"method_args": {"feature": {"beta": float("nan")}}}, "feature beta must be a finite number >= 0, got nan"),
+        ({"method_args": {"rkd": {"angle_weight": float("inf")}}}, "rkd angle_weight must be a finite"),
+        ({"method_args": {"geometry": {"momentum": 1.0}}}, "geometry momentum must be in [0, 1), got 1.0"),
+        ({"momentum": 1.5}, "momentum must be in [0, 1), got 1.5"),
+        ({"momentum": -0.1}, "momentum must be in [0, 1), got -0.1"),
+        ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+        ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),
+        ({"val_fraction": 0}, "val_fraction must be in (0, 1)"),
+        ({"method_args": {"kd": {"tau": 4}}}, "method 'kd' has no argument tau; accepted: temperature, alpha"),
+        ({"method_args": {"fitnet": {}}}, "unknown method 'fitnet'"),
+    ],
+)
+def test_bad_profile_values_are_refused_before_training(override, fragment, tmp_path):
+    with pytest.raises((ConfigError, ValueError, UnknownNameError)) as error:
+        config.resolve("demo", runs_dir=str(tmp_path / "runs"), **override)
+    assert fragment in str(error.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_profile_and_parameter(tmp_path):
+    with pytest.raises(ConfigError, match="unknown profile 'papr'; valid profiles: cifar10-cpu, demo, full, paper"):
+        config.resolve("papr")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: digits\nepocs: 3\n")
+    with pytest.raises(ConfigError, match="unknown parameter epocs; valid parameters: profile, dataset"):
+        config.resolve(bad)
+
+
+def test_model_that_does_not_fit_the_dataset_is_refused():
+    data = load_dataset("digits")
+    with pytest.raises(ValueError, match="the student has 100 classes and 1 input channels, but digits has 10"):
+        train.check_model_fits(build_model("resnet8", 100, 1), data, "student")
+    with pytest.raises(ValueError, match="the teacher has 10 classes and 3 input channels, but digits has 10 "
+                                         "classes and 1 channels"):
+        train.check_model_fits(build_model("resnet8", 10, 3), data, "teacher")
+
+
+def test_teacher_trained_on_another_dataset_is_refused(small_teacher, image_folder):
+    cfg = small_teacher.replace(dataset="imagefolder", data_root=str(image_folder[0]), val_fraction=0.25)
+    with pytest.raises(ValueError, match="was trained on digits .*10 classes, 1 channels.*imagefolder "
+                                         r"\(3 classes, 3 channels\)"):
+        train.train_student(cfg, "kd", seed=0, progress=False)
+
+
+def test_unwritable_output_folder_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match=f"cannot write to the output folder {blocker / 'runs'}"):
+        ensure_writable(blocker / "runs")
+    cfg = config.resolve("demo", runs_dir=str(blocker / "runs"))
+    with pytest.raises(PermissionError, match="cannot write to the output folder"):
+        pipeline.run_pipeline(cfg, echo=lambda line: None)
+    assert pipeline.main(["--profile", "demo", "--out", str(blocker / "runs")]) == 2
+
+
+class Explodes(Method):
+    """explodes: a test method whose term turns NaN at the second epoch's third step."""
+
+    needs_teacher = False
+
+    def __init__(self, context):
+        super().__init__()
+        self.epoch, self.step = 0, 0
+
+    def set_epoch(self, epoch):
+        self.epoch, self.step = epoch, 0
+
+    def terms(self, student, teacher, labels):
+        self.step += 1
+        value = float("nan") if (self.epoch, self.step) == (1, 3) else 0.0
+        return {"explodes": student.embedding.sum() * 0 + value}
+
+
+@pytest.fixture
+def exploding_method():
+    METHODS.register("explodes")(Explodes)
+    yield
+    del METHODS._items["explodes"]
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(small_teacher, exploding_method, tmp_path):
+    cfg = small_teacher.replace(runs_dir=str(tmp_path / "runs"), epochs=3)
+    import shutil
+
+    shutil.copytree(small_teacher.teacher_dir, cfg.teacher_dir)
+    with pytest.raises(FloatingPointError) as error:
+        train.train_student(cfg, "explodes", seed=0, progress=False)
+    message = str(error.value)
+    assert "non-finite loss at epoch 2, step 3/20" in message
+    assert "explodes = nan" in message and "ce = " in message
+    folder = cfg.student_dir("explodes", 0)
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 1
+    assert len(metrics(folder)) == 1 and not (folder / "summary.json").exists()
+
+
+def test_results_are_not_overwritten_without_force(small_teacher, tmp_path):
+    cfg = small_teacher.replace(runs_dir=str(tmp_path / "runs"))
+    first = train.train_teacher(cfg, progress=False)
+    changed = cfg.replace(teacher_epochs=3)
+    with pytest.raises(RunExistsError, match="other parameters \\(differing: epochs\\).*--force"):
+        train.train_teacher(changed, progress=False)
+    assert json.loads((cfg.teacher_dir / "summary.json").read_text()) == first
+    with pytest.raises(RunExistsError, match="differing: epochs"):
+        pipeline.run_pipeline(changed, echo=lambda line: None)  # refused before any step runs
+    forced = train.train_teacher(changed, force=True, progress=False)
+    assert forced["epochs"] == 3 and len(metrics(cfg.teacher_dir)) == 3
