@@ -257,7 +257,7 @@ def run_benchmark(args, echo=print) -> dict:
             "shares": {name: seconds / step for name, seconds in shares.items()}}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_lib.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20", help="student model (default resnet20)")
@@ -277,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the project's step")
-    args = parser.parse_args(argv)
-    run_benchmark(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_benchmark(build_parser().parse_args(argv))
     return 0
 
 

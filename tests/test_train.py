@@ -127,3 +127,19 @@ def test_random_crop_flip_keeps_pixels_of_the_padded_image():
 
 def test_all_registered_methods_are_known():
     assert {"baseline", "kd", "feature", "geometry"} <= set(METHODS.names())
+
+
+def test_deferred_non_finite_check_names_the_first_bad_step():
+    # The GPU path keeps the first bad step on the device; exercised here on the CPU.
+    watch = train.NonFiniteWatch(torch.device("cpu"))
+    watch.on_host = False
+    names = ["loss", "ce", "kd"]
+    watch.check(torch.tensor([1.0, 0.5, 0.5]), 0, "1/3", names)
+    watch.check(torch.tensor([float("inf"), 0.5, float("inf")]), 0, "2/3", names)
+    watch.check(torch.tensor([float("nan"), float("nan"), 0.5]), 0, "3/3", names)
+    with pytest.raises(train.NonFiniteLossError, match=r"epoch 1, step 2/3: loss = inf, ce = 0.5, kd = inf"):
+        watch.raise_if_seen(0)
+    healthy = train.NonFiniteWatch(torch.device("cpu"))
+    healthy.on_host = False
+    healthy.check(torch.tensor([1.0]), 0, "1/1", ["loss"])
+    healthy.raise_if_seen(0)
