@@ -71,8 +71,9 @@ class GeometryAnalysis:
         return self.data.test_labels.numpy()
 
 
-def analyse(cfg: Config, data: ImageData | None = None, arms=None, seeds=None,
-            progress: bool = True) -> GeometryAnalysis:
+def analyse(
+    cfg: Config, data: ImageData | None = None, arms=None, seeds=None, progress: bool = True
+) -> GeometryAnalysis:
     """Embed the test set with the teacher and every student run, and measure the geometry.
 
     `arms` are run names (default: the profile's methods); every finished seed of each is measured.
@@ -86,13 +87,22 @@ def analyse(cfg: Config, data: ImageData | None = None, arms=None, seeds=None,
     result = GeometryAnalysis(data, teacher_embedding)
     result.relations["teacher"] = centroid_relation(teacher_embedding, labels, data.num_classes)
 
-    rows = [{"arm": "teacher", "seed": cfg.teacher_seed,
-             "test_acc": float((teacher_logits.argmax(1) == labels).float().mean()),
-             "silhouette": silhouette(teacher_embedding.numpy(), labels.numpy()),
-             **knn_scores(teacher_embedding.numpy(), labels.numpy())}]
+    rows = [
+        {
+            "arm": "teacher",
+            "seed": cfg.teacher_seed,
+            "test_acc": float((teacher_logits.argmax(1) == labels).float().mean()),
+            "silhouette": silhouette(teacher_embedding.numpy(), labels.numpy()),
+            **knn_scores(teacher_embedding.numpy(), labels.numpy()),
+        }
+    ]
     runs = student_runs(cfg, arms, seeds)
-    missing = [(arm, seed) for arm in arms for seed in seeds
-               if not (cfg.student_dir(arm, seed) / "summary.json").exists()]
+    missing = [
+        (arm, seed)
+        for arm in arms
+        for seed in seeds
+        if not (cfg.student_dir(arm, seed) / "summary.json").exists()
+    ]
     if missing:
         warnings.warn(f"no finished run for {missing}; the analysis leaves them out", stacklevel=2)
     for run in runs:
@@ -102,11 +112,19 @@ def analyse(cfg: Config, data: ImageData | None = None, arms=None, seeds=None,
             result.embeddings[run.arm] = embedding
             result.relations[run.arm] = centroid_relation(embedding, labels, data.num_classes)
         metrics = geometry_metrics(teacher_embedding, embedding, labels.numpy(), data.num_classes)
-        rows.append({"arm": run.arm, "seed": run.seed,
-                     "test_acc": float((logits.argmax(1) == labels).float().mean()), **metrics})
+        rows.append(
+            {
+                "arm": run.arm,
+                "seed": run.seed,
+                "test_acc": float((logits.argmax(1) == labels).float().mean()),
+                **metrics,
+            }
+        )
         if progress:
-            print(f"{run.arm:>14s} seed {run.seed}: centroid Pearson {metrics['centroid_pearson']:.3f}, "
-                  f"CKA {metrics['cka']:.3f}, test {100 * rows[-1]['test_acc']:.2f}%")
+            print(
+                f"{run.arm:>14s} seed {run.seed}: centroid Pearson {metrics['centroid_pearson']:.3f}, "
+                f"CKA {metrics['cka']:.3f}, test {100 * rows[-1]['test_acc']:.2f}%"
+            )
     result.metrics = pd.DataFrame(rows)
     return result
 
@@ -119,8 +137,9 @@ def save_metrics(cfg: Config, metrics: pd.DataFrame, folder: str = "analysis") -
     return path
 
 
-def umap_projections(embeddings: dict[str, torch.Tensor], labels: np.ndarray, points: int,
-                     seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def umap_projections(
+    embeddings: dict[str, torch.Tensor], labels: np.ndarray, points: int, seed: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """2-D UMAP of each embedding on the same stratified subset of at most `points` test images."""
     import umap
 

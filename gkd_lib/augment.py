@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool,
-                     generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(
+    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
     """Random `padding`-padded crops (and flips) of a uint8 batch (N, C, H, W), one per image."""
     n, _, height, width = images.shape
     device = images.device
@@ -35,9 +36,19 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool,
 class TensorBatches:
     """Shuffled, augmented and normalised batches from uint8 tensors on one device."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, *,
-                 batch_size: int, device: torch.device, padding: int = 0, flip: bool = False,
-                 channels_last: bool = True):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean,
+        std,
+        *,
+        batch_size: int,
+        device: torch.device,
+        padding: int = 0,
+        flip: bool = False,
+        channels_last: bool = True,
+    ):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -63,12 +74,14 @@ class TensorBatches:
         order = torch.randperm(len(self.labels), device=self.device, generator=generator)
         size = min(self.batch_size, len(order))
         for start in range(0, len(self) * size, size):
-            index = order[start:start + size]
+            index = order[start : start + size]
             images = random_crop_flip(self.images[index], self.padding, self.flip, generator)
             yield self.normalise(images), self.labels[index]
 
     def eval_batches(self, batch_size: int):
         """Yield (images, labels) in order, without augmentation."""
         for start in range(0, len(self.labels), batch_size):
-            yield (self.normalise(self.images[start:start + batch_size]),
-                   self.labels[start:start + batch_size])
+            yield (
+                self.normalise(self.images[start : start + batch_size]),
+                self.labels[start : start + batch_size],
+            )

@@ -55,7 +55,9 @@ def write_synthetic_cifar(root: Path, images: int, classes: int, seed: int = 0) 
         folder.mkdir(parents=True)
         chunks = np.array_split(np.arange(images), 5)
         for number, chunk in enumerate(chunks, start=1):
-            _dump(folder / f"data_batch_{number}", {"data": data[chunk], "labels": [labels[i] for i in chunk]})
+            _dump(
+                folder / f"data_batch_{number}", {"data": data[chunk], "labels": [labels[i] for i in chunk]}
+            )
         _dump(folder / "test_batch", test)
         _dump(folder / "batches.meta", {"label_names": [f"class{k}" for k in range(10)]})
         return "cifar10"
@@ -86,8 +88,9 @@ def _models(args, data, device):
     with torch.no_grad():
         embedding, _ = (teacher or student)(torch.zeros(2, data.in_channels, 32, 32))
     centroids = torch.randn(data.num_classes, embedding.shape[1])
-    context = MethodContext(data.num_classes, student.embedding_dim,
-                            teacher.embedding_dim if teacher else None, centroids)
+    context = MethodContext(
+        data.num_classes, student.embedding_dim, teacher.embedding_dim if teacher else None, centroids
+    )
     methods = build_methods(args.method, {}, context)
     return student, teacher, methods
 
@@ -97,11 +100,19 @@ class ProjectLoop:
         self.device = device
         self.distiller = Distiller(student, methods, teacher).to(device, memory_format=torch.channels_last)
         self.step_fn = torch.compile(self.distiller) if args.compile else self.distiller
-        self.optimizer = torch.optim.SGD(self.distiller.trainable_parameters(), lr=0.01, momentum=0.9,
-                                         nesterov=True, weight_decay=5e-4)
-        self.batches = TensorBatches(data.train_images, data.train_labels, data.mean, data.std,
-                                     batch_size=args.batch_size, device=device, padding=data.crop_padding,
-                                     flip=data.flip)
+        self.optimizer = torch.optim.SGD(
+            self.distiller.trainable_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
+        self.batches = TensorBatches(
+            data.train_images,
+            data.train_labels,
+            data.mean,
+            data.std,
+            batch_size=args.batch_size,
+            device=device,
+            padding=data.crop_padding,
+            flip=data.flip,
+        )
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.stream = self._forever()
 
@@ -126,16 +137,29 @@ class ReferenceLoop:
         from gkd_lib.datasets import _without_checksums
 
         reader = _without_checksums(tv.CIFAR10 if dataset_name == "cifar10" else tv.CIFAR100)
-        transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                               T.Normalize(data.mean, data.std)])
+        transform = T.Compose(
+            [
+                T.RandomCrop(32, padding=4),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(data.mean, data.std),
+            ]
+        )
         dataset = reader(str(root), train=True, transform=transform)
-        self.loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                 num_workers=args.workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=args.workers > 0)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=args.workers > 0,
+        )
         self.device = device
         self.distiller = Distiller(student, methods, teacher).to(device)
-        self.optimizer = torch.optim.SGD(self.distiller.trainable_parameters(), lr=0.01, momentum=0.9,
-                                         nesterov=True, weight_decay=5e-4)
+        self.optimizer = torch.optim.SGD(
+            self.distiller.trainable_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
         self.batch_size = args.batch_size
         self.stream = self._forever()
 
@@ -191,6 +215,7 @@ def step_shares(project: ProjectLoop, device) -> dict[str, float]:
         embedding, logits = distiller.student(images)
     teacher_outputs = None
     if distiller.teacher is not None:
+
         def teacher_forward():
             with torch.no_grad(), autocast(device):
                 return distiller.teacher(images)
@@ -198,6 +223,7 @@ def step_shares(project: ProjectLoop, device) -> dict[str, float]:
         shares["teacher forward"] = _median_time(teacher_forward, device)
         teacher_outputs = Outputs(*teacher_forward())
     for method in distiller.methods:
+
         def term(method=method):
             student = Outputs(embedding.detach().requires_grad_(), logits.detach().requires_grad_())
             values = method(student, teacher_outputs, labels)
@@ -237,13 +263,21 @@ def run_benchmark(args, echo=print) -> dict:
         if temporary is not None:
             temporary.cleanup()
 
-    where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
-                           else f" ({torch.get_num_threads()} threads)")
-    echo(f"benchmark: student {args.model}" + (f", teacher {args.teacher}" if args.teacher else "")
-         + f", method {args.method}, batch {args.batch_size}, {data.num_classes} classes, device {where}, "
-         f"torch {torch.__version__}")
-    echo(f"{args.steps} timed steps after {args.warmup} warm-up steps, {args.repeats} repeats, loops alternating; "
-         f"reference DataLoader workers: {args.workers}")
+    where = f"{device}" + (
+        f" ({torch.cuda.get_device_name(device)})"
+        if device.type == "cuda"
+        else f" ({torch.get_num_threads()} threads)"
+    )
+    echo(
+        f"benchmark: student {args.model}"
+        + (f", teacher {args.teacher}" if args.teacher else "")
+        + f", method {args.method}, batch {args.batch_size}, {data.num_classes} classes, device {where}, "
+        f"torch {torch.__version__}"
+    )
+    echo(
+        f"{args.steps} timed steps after {args.warmup} warm-up steps, {args.repeats} repeats, "
+        f"loops alternating; reference DataLoader workers: {args.workers}"
+    )
     echo(f"{'loop':<10s} {'images/s (median)':>18s}   repeats")
     for name, values in figures.items():
         echo(f"{name:<10s} {medians[name]:>18.1f}   " + ", ".join(f"{v:.1f}" for v in values))
@@ -253,23 +287,36 @@ def run_benchmark(args, echo=print) -> dict:
     echo(f"share of one project step ({1000 * step:.2f} ms, median of 20):")
     for name, seconds in shares.items():
         echo(f"  {name:<28s} {1000 * seconds:8.3f} ms  {100 * seconds / step:6.2f} %")
-    return {"images_per_s": medians, "repeats": figures, "ratio": ratio, "step_s": step,
-            "shares": {name: seconds / step for name, seconds in shares.items()}}
+    return {
+        "images_per_s": medians,
+        "repeats": figures,
+        "ratio": ratio,
+        "step_s": step,
+        "shares": {name: seconds / step for name, seconds in shares.items()},
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gkd_lib.bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gkd_lib.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default="resnet20", help="student model (default resnet20)")
     parser.add_argument("--width", type=float, default=1.0, help="student width multiplier (small ResNets)")
     parser.add_argument("--teacher", help="teacher model, for methods that read it (kd, feature, ...)")
     parser.add_argument("--method", default="baseline", help="method spec, e.g. geometry or kd+geometry")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=100, choices=(10, 100), help="synthetic CIFAR-10 or -100")
+    parser.add_argument(
+        "--classes", type=int, default=100, choices=(10, 100), help="synthetic CIFAR-10 or -100"
+    )
     parser.add_argument("--images", type=int, default=4096, help="synthetic training images")
-    parser.add_argument("--data-root", help="use real CIFAR files under this folder instead of synthetic ones")
-    parser.add_argument("--dataset", default="cifar100", choices=("cifar10", "cifar100"),
-                        help="with --data-root: which CIFAR")
+    parser.add_argument(
+        "--data-root", help="use real CIFAR files under this folder instead of synthetic ones"
+    )
+    parser.add_argument(
+        "--dataset", default="cifar100", choices=("cifar10", "cifar100"), help="with --data-root: which CIFAR"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (default 2)")

@@ -136,8 +136,10 @@ def profile_path(profile: str | os.PathLike) -> Path:
         return path
     named = PROFILES_DIR / f"{profile}.yaml"
     if not named.is_file():
-        raise ConfigError(f"unknown profile {str(profile)!r}; valid profiles: {', '.join(profile_names())} "
-                          "(or a path to a .yaml file)")
+        raise ConfigError(
+            f"unknown profile {str(profile)!r}; valid profiles: {', '.join(profile_names())} "
+            "(or a path to a .yaml file)"
+        )
     return named
 
 
@@ -156,8 +158,9 @@ def load_profile(profile: str | os.PathLike) -> dict:
 def check_keys(parameters: dict, where: str) -> None:
     unknown = sorted(set(parameters) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"{where}: unknown parameter {', '.join(unknown)}; valid parameters: "
-                          f"{', '.join(FIELDS)}")
+        raise ConfigError(
+            f"{where}: unknown parameter {', '.join(unknown)}; valid parameters: {', '.join(FIELDS)}"
+        )
 
 
 def resolve(profile: str | os.PathLike = "demo", **overrides) -> Config:
@@ -225,8 +228,10 @@ def validate(cfg: Config) -> Config:
     if not (_is_number(cfg.momentum) and 0 <= cfg.momentum < 1):
         raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum!r}")
     if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
-        raise ConfigError(f"val_fraction must be in (0, 1): a validation split selects the best epoch; "
-                          f"got {cfg.val_fraction!r}")
+        raise ConfigError(
+            f"val_fraction must be in (0, 1): a validation split selects the best epoch; "
+            f"got {cfg.val_fraction!r}"
+        )
     for milestone in cfg.milestones:
         _check_int("milestones", milestone, minimum=1)
     for weight in cfg.sweep_weights:

@@ -106,8 +106,9 @@ def describe(name: str, root: str | os.PathLike | None = None) -> tuple[int, int
     folder = resolve_data_root(root) / "train"
     classes = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if not classes:
-        raise _missing(name, folder.parent, downloadable=False,
-                       extra="Its class folders give the number of classes. ")
+        raise _missing(
+            name, folder.parent, downloadable=False, extra="Its class folders give the number of classes. "
+        )
     from PIL import Image
 
     first = next(p for p in sorted(classes[0].iterdir()) if p.is_file())
@@ -238,8 +239,14 @@ def _cifar(reader, name: str, folder: str, root: Path, download: bool) -> ImageD
             "replace them with the official ones (or download=True)"
         ) from None
     return _make(
-        name, train.data, train.targets, test.data, test.targets, train.classes,
-        crop_padding=4, flip=True,
+        name,
+        train.data,
+        train.targets,
+        test.data,
+        test.targets,
+        train.classes,
+        crop_padding=4,
+        flip=True,
     )
 
 
@@ -249,11 +256,15 @@ def _without_checksums(reader):
     torchvision verifies md5 sums when it downloads; files put in place by hand (or
     the small files in the official format that the tests write) are read as they are.
     """
-    return type(reader.__name__, (reader,), {
-        "train_list": [[name, None] for name, _ in reader.train_list],
-        "test_list": [[name, None] for name, _ in reader.test_list],
-        "meta": {**reader.meta, "md5": None},
-    })
+    return type(
+        reader.__name__,
+        (reader,),
+        {
+            "train_list": [[name, None] for name, _ in reader.train_list],
+            "test_list": [[name, None] for name, _ in reader.test_list],
+            "meta": {**reader.meta, "md5": None},
+        },
+    )
 
 
 @DATASETS.register("fashion_mnist")
@@ -265,14 +276,25 @@ def _fashion_mnist(root: Path, download: bool = False) -> ImageData:
             train = FashionMNIST(str(root), train=True, download=download)
             test = FashionMNIST(str(root), train=False, download=download)
         except RuntimeError as error:
-            raise _missing("fashion_mnist", root / "FashionMNIST", downloadable=True,
-                           extra=f"({error}) ") from None
-        return _make("fashion_mnist", train.data.numpy(), train.targets, test.data.numpy(),
-                     test.targets, train.classes, crop_padding=2, flip=True)
+            raise _missing(
+                "fashion_mnist", root / "FashionMNIST", downloadable=True, extra=f"({error}) "
+            ) from None
+        return _make(
+            "fashion_mnist",
+            train.data.numpy(),
+            train.targets,
+            test.data.numpy(),
+            test.targets,
+            train.classes,
+            crop_padding=2,
+            flip=True,
+        )
     if FASHION_MNIST_SYSTEM_DIR.is_dir():
         return _fashion_mnist_from_idx(FASHION_MNIST_SYSTEM_DIR, FashionMNIST.classes)
     raise _missing(
-        "fashion_mnist", root / "FashionMNIST" / "raw", downloadable=True,
+        "fashion_mnist",
+        root / "FashionMNIST" / "raw",
+        downloadable=True,
         extra=f"Nor is Debian's dataset-fashion-mnist installed ({FASHION_MNIST_SYSTEM_DIR}). ",
     )
 
@@ -282,6 +304,7 @@ def _fashion_mnist_from_idx(folder: Path, classes) -> ImageData:
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     with tempfile.TemporaryDirectory() as tmp:
+
         def read(stem: str, reader):
             path = folder / stem
             if not path.exists():
@@ -295,8 +318,9 @@ def _fashion_mnist_from_idx(folder: Path, classes) -> ImageData:
         train_y = read("train-labels-idx1-ubyte", read_label_file)
         test_x = read("t10k-images-idx3-ubyte", read_image_file)
         test_y = read("t10k-labels-idx1-ubyte", read_label_file)
-    return _make("fashion_mnist", train_x.numpy(), train_y, test_x.numpy(), test_y, classes,
-                 crop_padding=2, flip=True)
+    return _make(
+        "fashion_mnist", train_x.numpy(), train_y, test_x.numpy(), test_y, classes, crop_padding=2, flip=True
+    )
 
 
 @DATASETS.register("digits")
@@ -324,13 +348,16 @@ def _imagefolder(root: Path, download: bool = False) -> ImageData:
     from torchvision.datasets import ImageFolder
 
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
-        raise _missing("imagefolder", root, downloadable=False,
-                       extra="It needs train/ and test/ subfolders with one folder per class. ")
+        raise _missing(
+            "imagefolder",
+            root,
+            downloadable=False,
+            extra="It needs train/ and test/ subfolders with one folder per class. ",
+        )
     train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "test"))
     if train.classes != test.classes:
         raise ValueError(
-            f"train/ and test/ of {root} hold different class folders: "
-            f"{train.classes} and {test.classes}"
+            f"train/ and test/ of {root} hold different class folders: {train.classes} and {test.classes}"
         )
 
     key = _folder_key(root, train.samples + test.samples)
@@ -344,8 +371,9 @@ def _imagefolder(root: Path, download: bool = False) -> ImageData:
         _save_npz_atomic(cached, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
     # CIFAR-sized images get CIFAR's augmentation; larger ones a proportional padding.
     padding = max(1, train_x.shape[1] // 8)
-    return _make("imagefolder", train_x, train_y, test_x, test_y, train.classes,
-                 crop_padding=padding, flip=True)
+    return _make(
+        "imagefolder", train_x, train_y, test_x, test_y, train.classes, crop_padding=padding, flip=True
+    )
 
 
 def _folder_key(root: Path, samples) -> str:

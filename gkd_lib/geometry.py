@@ -85,7 +85,7 @@ def neighbour_agreement(teacher_relation, student_relation, k: int = 5) -> float
     np.fill_diagonal(s := s.copy(), -np.inf)
     top_t = np.argsort(-t, axis=1, kind="stable")[:, :k]
     top_s = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    overlaps = [len(set(a) & set(b)) / k for a, b in zip(top_t, top_s)]
+    overlaps = [len(set(a) & set(b)) / k for a, b in zip(top_t, top_s, strict=True)]
     return float(np.mean(overlaps))
 
 
@@ -113,8 +113,16 @@ def silhouette(embedding, labels, sample_size: int = 5000, seed: int = 0) -> flo
     return float(silhouette_score(embedding, labels, metric="cosine", sample_size=size, random_state=seed))
 
 
-def geometry_metrics(teacher_embedding, student_embedding, labels, num_classes: int,
-                     *, similarity: str = "cosine", k_classes: int = 5, k_samples: int = 5) -> dict[str, float]:
+def geometry_metrics(
+    teacher_embedding,
+    student_embedding,
+    labels,
+    num_classes: int,
+    *,
+    similarity: str = "cosine",
+    k_classes: int = 5,
+    k_samples: int = 5,
+) -> dict[str, float]:
     """Every metric of DESIGN.md section 4 for one student against the teacher."""
     teacher_embedding = torch.as_tensor(teacher_embedding, dtype=torch.float64)
     student_embedding = torch.as_tensor(student_embedding, dtype=torch.float64)

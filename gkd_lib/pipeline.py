@@ -17,10 +17,11 @@ import argparse
 import os
 import queue
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,21 +64,36 @@ def notebook_parameters(notebook: str | Path) -> dict:
     return papermill.inspect_notebook(str(notebook))
 
 
-def execute(notebook: str | Path, output: str | Path, parameters: dict, *, kernel: str = "python3",
-            log_output: bool = False) -> None:
+def execute(
+    notebook: str | Path,
+    output: str | Path,
+    parameters: dict,
+    *,
+    kernel: str = "python3",
+    log_output: bool = False,
+) -> None:
     """Run one notebook with papermill, refusing parameters that it does not define."""
     import papermill
 
     defined = notebook_parameters(notebook)
     unknown = sorted(set(parameters) - set(defined))
     if unknown:
-        raise ConfigError(f"notebook {Path(notebook).name} does not define the parameter(s) "
-                          f"{', '.join(unknown)}; it defines: {', '.join(defined)}")
+        raise ConfigError(
+            f"notebook {Path(notebook).name} does not define the parameter(s) "
+            f"{', '.join(unknown)}; it defines: {', '.join(defined)}"
+        )
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-                               progress_bar=False, log_output=log_output, cwd=str(REPO_ROOT),
-                               # the kernel's own start-up warnings would clutter the step lines
-                               extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=parameters,
+        kernel_name=kernel,
+        progress_bar=False,
+        log_output=log_output,
+        cwd=str(REPO_ROOT),
+        # the kernel's own start-up warnings would clutter the step lines
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+    )
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -116,79 +132,137 @@ def teacher_steps(cfg: Config, force: bool) -> list[Step]:
 
     run = teacher_run(cfg)
     done = lambda: _training_done(run, force) and (run.folder / "centroids.pt").exists()  # noqa: E731
-    return [Step("teacher", f"01 teacher {cfg.teacher}", NOTEBOOKS["teacher"],
-                 cfg.profile_dir / "notebooks" / "01_train_teacher.ipynb", _base_parameters(cfg, force), done,
-                 run)]
+    return [
+        Step(
+            "teacher",
+            f"01 teacher {cfg.teacher}",
+            NOTEBOOKS["teacher"],
+            cfg.profile_dir / "notebooks" / "01_train_teacher.ipynb",
+            _base_parameters(cfg, force),
+            done,
+            run,
+        )
+    ]
 
 
 def student_steps(cfg: Config, force: bool, arms=None) -> list[Step]:
     """One 02 step per (arm, seed); `arms` is a list of (run name, method, method_args)."""
     from gkd_lib.train import student_run
 
-    arms = arms or [(spec, spec, cfg.method_args) for spec in cfg.methods]
+    if arms is None:
+        arms = [(spec, spec, cfg.method_args) for spec in cfg.methods]
     steps = []
     for run_name, method, method_args in arms:
         for seed in cfg.seeds if not run_name.startswith("sweep-") else cfg.seeds[:1]:
             run = student_run(cfg, method, seed, run_name, method_args)
-            parameters = {**_base_parameters(cfg, force), "method_args": method_args, "method": method,
-                          "seed": seed, "run_name": run_name}
-            steps.append(Step("students", f"02 student {run_name} seed {seed}", NOTEBOOKS["student"],
-                              cfg.profile_dir / "notebooks" / f"02_distill_student-{run_name}-seed{seed}.ipynb",
-                              parameters, lambda run=run: _training_done(run, force), run))
+            parameters = {
+                **_base_parameters(cfg, force),
+                "method_args": method_args,
+                "method": method,
+                "seed": seed,
+                "run_name": run_name,
+            }
+            steps.append(
+                Step(
+                    "students",
+                    f"02 student {run_name} seed {seed}",
+                    NOTEBOOKS["student"],
+                    cfg.profile_dir / "notebooks" / f"02_distill_student-{run_name}-seed{seed}.ipynb",
+                    parameters,
+                    lambda run=run: _training_done(run, force),
+                    run,
+                )
+            )
     return steps
 
 
 def sweep_steps(cfg: Config, force: bool) -> list[Step]:
+    """One 02 step per grid point of the lambda sweep."""
+    from gkd_lib.sweep import sweep_points
+
+    steps = student_steps(cfg, force, [(name, "geometry", args) for name, args in sweep_points(cfg)])
+    for step in steps:
+        step.stage = "sweep"
+    return steps
+
+
+def sweep_analysis_steps(cfg: Config, force: bool) -> list[Step]:
+    """05, once every grid point has trained."""
     from gkd_lib.sweep import sweep_points
 
     if not cfg.sweep_weights:
         return []
-    points = [(name, "geometry", args) for name, args in sweep_points(cfg)]
-    steps = student_steps(cfg, force, points)
-    for step in steps:
-        step.stage = "sweep"
-    summaries = [cfg.student_dir(name, cfg.seeds[0]) / "summary.json" for name, _, _ in points]
+    summaries = [cfg.student_dir(name, cfg.seeds[0]) / "summary.json" for name, _ in sweep_points(cfg)]
     outputs = [cfg.profile_dir / "sweep" / "sweep.csv", cfg.profile_dir / "sweep" / "best.json"]
-    steps.append(Step("sweep", "05 lambda sweep", NOTEBOOKS["sweep"],
-                      cfg.profile_dir / "notebooks" / "05_lambda_sweep.ipynb", _base_parameters(cfg, force),
-                      lambda: not force and _newer(outputs, summaries)))
-    return steps
+    return [
+        Step(
+            "sweep",
+            "05 lambda sweep",
+            NOTEBOOKS["sweep"],
+            cfg.profile_dir / "notebooks" / "05_lambda_sweep.ipynb",
+            _base_parameters(cfg, force),
+            lambda: not force and _newer(outputs, summaries),
+        )
+    ]
 
 
 def _summaries(cfg: Config) -> list[Path]:
-    return [cfg.teacher_dir / "summary.json"] + [cfg.student_dir(arm, seed) / "summary.json"
-                                                 for arm in cfg.methods for seed in cfg.seeds]
+    return [cfg.teacher_dir / "summary.json"] + [
+        cfg.student_dir(arm, seed) / "summary.json" for arm in cfg.methods for seed in cfg.seeds
+    ]
 
 
 def analysis_steps(cfg: Config, force: bool) -> list[Step]:
     output = cfg.profile_dir / "analysis" / "geometry.csv"
-    return [Step("analysis", "03 geometry analysis", NOTEBOOKS["analysis"],
-                 cfg.profile_dir / "notebooks" / "03_geometry_analysis.ipynb", _base_parameters(cfg, force),
-                 lambda: not force and _newer([output], _summaries(cfg)))]
+    return [
+        Step(
+            "analysis",
+            "03 geometry analysis",
+            NOTEBOOKS["analysis"],
+            cfg.profile_dir / "notebooks" / "03_geometry_analysis.ipynb",
+            _base_parameters(cfg, force),
+            lambda: not force and _newer([output], _summaries(cfg)),
+        )
+    ]
 
 
 def report_steps(cfg: Config, force: bool) -> list[Step]:
     outputs = [cfg.figure_dir / "results.md", cfg.figure_dir / "results.csv"]
-    inputs = _summaries(cfg) + [cfg.profile_dir / "analysis" / "geometry.csv"]
-    return [Step("report", "04 report", NOTEBOOKS["report"],
-                 cfg.profile_dir / "notebooks" / "04_report.ipynb", _base_parameters(cfg, force),
-                 lambda: not force and _newer(outputs, inputs))]
+    inputs = _summaries(cfg) + [
+        cfg.profile_dir / "analysis" / "geometry.csv",
+        cfg.profile_dir / "sweep" / "sweep.csv",
+    ]
+    return [
+        Step(
+            "report",
+            "04 report",
+            NOTEBOOKS["report"],
+            cfg.profile_dir / "notebooks" / "04_report.ipynb",
+            _base_parameters(cfg, force),
+            lambda: not force and _newer(outputs, inputs),
+        )
+    ]
 
 
-def plan(cfg: Config, force: bool = False) -> dict[str, list[Step]]:
-    """Every step of the study, by stage. Students use the sweep's best weight when asked to."""
+def plan(cfg: Config, force: bool = False) -> list[tuple[str, list[Step]]]:
+    """Every step of the study as (stage, steps) phases, in order.
+
+    The steps of one phase are independent of each other (they may run at the same time);
+    each phase needs the ones before it. Students use the sweep's best weight when asked to.
+    """
     from gkd_lib.sweep import best_path, with_best_weight
 
     students_cfg = cfg
     if cfg.use_sweep_best and best_path(cfg).exists():
         students_cfg = with_best_weight(cfg)
-    return {
-        "teacher": teacher_steps(cfg, force),
-        "sweep": sweep_steps(cfg, force),
-        "students": student_steps(students_cfg, force),
-        "analysis": analysis_steps(cfg, force),
-        "report": report_steps(cfg, force),
-    }
+    return [
+        ("teacher", teacher_steps(cfg, force)),
+        ("sweep", sweep_steps(cfg, force)),
+        ("sweep", sweep_analysis_steps(cfg, force)),
+        ("students", student_steps(students_cfg, force)),
+        ("analysis", analysis_steps(cfg, force)),
+        ("report", report_steps(cfg, force)),
+    ]
 
 
 # ----------------------------------------------------------------------------- running
@@ -206,10 +280,15 @@ def _run_step(step: Step, kernel: str, log_output: bool, device: str | None = No
     except Exception as error:
         import papermill
 
-        reason = error.ename + ": " + error.evalue if isinstance(error, papermill.PapermillExecutionError) \
+        reason = (
+            error.ename + ": " + error.evalue
+            if isinstance(error, papermill.PapermillExecutionError)
             else f"{type(error).__name__}: {error}"
-        raise StepFailed(f"{step.label} failed after {time.perf_counter() - started:.1f} s: {reason}\n"
-                         f"Open the executed notebook to see where: {step.output}") from None
+        )
+        raise StepFailed(
+            f"{step.label} failed after {time.perf_counter() - started:.1f} s: {reason}\n"
+            f"Open the executed notebook to see where: {step.output}"
+        ) from None
     return time.perf_counter() - started
 
 
@@ -218,8 +297,15 @@ def _line(status: str, label: str, seconds: float | None, where: Path) -> str:
     return f"[{status:>4s}] {label:<44s} {duration:>10s}   {where}"
 
 
-def run_stage(steps: list[Step], *, kernel: str, devices: list[str] | None, log_output: bool,
-              echo=print, tolerate: Callable[[Step], bool] = lambda step: False) -> None:
+def run_stage(
+    steps: list[Step],
+    *,
+    kernel: str,
+    devices: list[str] | None,
+    log_output: bool,
+    echo=print,
+    tolerate: Callable[[Step], bool] = lambda step: False,
+) -> None:
     """Run the steps that are not done; `tolerate(step)` lets a failed step be reported and passed."""
     pending = []
     for step in steps:
@@ -229,15 +315,21 @@ def run_stage(steps: list[Step], *, kernel: str, devices: list[str] | None, log_
             pending.append(step)
     if not pending:
         return
-    def attempt(step: Step, device: str | None) -> None:
-        echo(_line("run", step.label + (f" on {device}" if devices and len(devices) > 1 else ""), None,
-                   step.output))
+
+    printing = threading.Lock()
+
+    def say(line: str) -> None:
+        with printing:  # runs on several devices finish at any time: one line at a time
+            echo(line)
+
+    def attempt(step: Step, device: str | None, parallel: bool = False) -> None:
+        say(_line("run", step.label + (f" on {device}" if parallel else ""), None, step.output))
         try:
-            echo(_line("ok", step.label, _run_step(step, kernel, log_output, device), step.output))
+            say(_line("ok", step.label, _run_step(step, kernel, log_output, device), step.output))
         except StepFailed as error:
             if not tolerate(step):
                 raise
-            echo(_line("fail", step.label, None, step.output) + f"\n       {str(error).splitlines()[0]}")
+            say(_line("fail", step.label, None, step.output) + f"\n       {str(error).splitlines()[0]}")
 
     if not devices or len(devices) < 2 or len(pending) < 2:
         for step in pending:
@@ -252,13 +344,19 @@ def run_stage(steps: list[Step], *, kernel: str, devices: list[str] | None, log_
     def work(step: Step) -> None:
         device = free.get()
         try:
-            attempt(step, device)
+            attempt(step, device, parallel=True)
         finally:
             free.put(device)
 
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        for future in [pool.submit(work, step) for step in pending]:
-            future.result()
+        futures = [pool.submit(work, step) for step in pending]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:  # the runs not started yet are dropped; those running finish
+                future.cancel()
+            raise
 
 
 def render_html(notebook: Path, output: Path) -> Path:
@@ -271,8 +369,16 @@ def render_html(notebook: Path, output: Path) -> Path:
     return output
 
 
-def run_pipeline(cfg: Config, *, only: str | None = None, force: bool = False, kernel: str = "python3",
-                 devices: list[str] | None = None, log_output: bool = False, echo=print) -> Path | None:
+def run_pipeline(
+    cfg: Config,
+    *,
+    only: str | None = None,
+    force: bool = False,
+    kernel: str = "python3",
+    devices: list[str] | None = None,
+    log_output: bool = False,
+    echo=print,
+) -> Path | None:
     """Run the study of `cfg`; returns the HTML report (None when the report did not run)."""
     ensure_writable(cfg.profile_dir)
     ensure_writable(cfg.figure_dir)
@@ -283,18 +389,29 @@ def run_pipeline(cfg: Config, *, only: str | None = None, force: bool = False, k
         snapshot = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         atomic_write_bytes(snapshot_path(cfg), lambda handle: handle.write(snapshot.encode()))
         stages = [only] if only else list(STAGES)
-        for stage in stages:
-            # Planned stage by stage: the students may depend on the sweep's result.
-            steps = plan(cfg, force)[stage]
+        for index, (stage, _) in enumerate(plan(cfg, force)):
+            if stage not in stages:
+                continue
+            # Planned phase by phase: the students may depend on the sweep's result.
+            steps = plan(cfg, force)[index][1]
             # A sweep point that diverges (a weight too large) is a result, not a reason to stop.
-            run_stage(steps, kernel=kernel, devices=devices, log_output=log_output, echo=echo,
-                      tolerate=lambda step: step.stage == "sweep" and step.notebook == NOTEBOOKS["student"])
+            run_stage(
+                steps,
+                kernel=kernel,
+                devices=devices,
+                log_output=log_output,
+                echo=echo,
+                tolerate=lambda step: step.stage == "sweep" and step.notebook == NOTEBOOKS["student"],
+            )
         html = None
         if "report" in stages:
-            html = render_html(cfg.profile_dir / "notebooks" / "04_report.ipynb",
-                               cfg.profile_dir / "report.html")
-        echo(f"done in {time.perf_counter() - started:.1f} s. Figures and results: {cfg.figure_dir}"
-             + (f"; report: {html}" if html else ""))
+            html = render_html(
+                cfg.profile_dir / "notebooks" / "04_report.ipynb", cfg.profile_dir / "report.html"
+            )
+        echo(
+            f"done in {time.perf_counter() - started:.1f} s. Figures and results: {cfg.figure_dir}"
+            + (f"; report: {html}" if html else "")
+        )
         return html
 
 
@@ -318,7 +435,7 @@ def _check_existing_runs(cfg: Config, force: bool) -> None:
     from gkd_lib.train import run_state
 
     problems = []
-    for steps in plan(cfg).values():
+    for _, steps in plan(cfg):
         for step in steps:
             if step.run is None:
                 continue
@@ -350,7 +467,7 @@ def dry_run(cfg: Config, echo=print) -> list[Step]:
     teacher = build_model(cfg.teacher, num_classes, channels, cfg.teacher_width).eval()
     echo(f"dataset {cfg.dataset}: {num_classes} classes, {channels}x{size}x{size}")
     echo(f"teacher {cfg.teacher}: {count_parameters(teacher):,} parameters")
-    steps = [step for stage in plan(cfg).values() for step in stage]
+    steps = [step for _, phase in plan(cfg) for step in phase]
     images = torch.randn(2, channels, size, size)
     labels = torch.tensor([0, 1 % num_classes])
     with torch.no_grad():
@@ -391,18 +508,37 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gkd_lib.pipeline", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="demo",
-                        help=f"a profile name ({', '.join(config_module.profile_names())}) or a YAML path")
-    parser.add_argument("--data-root", help="folder of the dataset (else the profile's, $GKD_DATA_ROOT, data/)")
+    parser = argparse.ArgumentParser(
+        prog="python -m gkd_lib.pipeline",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--profile",
+        default="demo",
+        help=f"a profile name ({', '.join(config_module.profile_names())}) or a YAML path",
+    )
+    parser.add_argument(
+        "--data-root", help="folder of the dataset (else the profile's, $GKD_DATA_ROOT, data/)"
+    )
     parser.add_argument("--out", help="runs folder (default: runs/ at the repository root)")
     parser.add_argument("--only", choices=STAGES, help="run one stage only")
-    parser.add_argument("--force", action="store_true", help="rerun steps whose results exist (overwrites them)")
-    parser.add_argument("--dry-run", action="store_true", help="resolve every step and build every model; no training")
-    parser.add_argument("--devices", help="comma-separated devices for parallel student runs, e.g. cuda:0,cuda:1")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a profile parameter (YAML value), e.g. --set epochs=2")
+    parser.add_argument(
+        "--force", action="store_true", help="rerun steps whose results exist (overwrites them)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="resolve every step and build every model; no training"
+    )
+    parser.add_argument(
+        "--devices", help="comma-separated devices for parallel student runs, e.g. cuda:0,cuda:1"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a profile parameter (YAML value), e.g. --set epochs=2",
+    )
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for papermill (default python3)")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     args = parser.parse_args(argv)
@@ -418,13 +554,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             dry_run(cfg)
             return 0
-        run_pipeline(cfg, only=args.only, force=args.force, kernel=args.kernel, devices=devices,
-                     log_output=args.log_output)
+        run_pipeline(
+            cfg,
+            only=args.only,
+            force=args.force,
+            kernel=args.kernel,
+            devices=devices,
+            log_output=args.log_output,
+        )
     except StepFailed as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, PermissionError, RunExistsError, RuntimeError, ValueError,
-            KeyError) as error:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        PermissionError,
+        RunExistsError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -56,39 +56,74 @@ def relation_heatmaps(relations: dict[str, np.ndarray], class_names, teacher_key
     labels = [class_names[k] for k in order]
     size = len(labels)
     panel = 3.2 if size <= 20 else 7.5
-    figure, axes = plt.subplots(2, len(names) + 1, figsize=(panel * len(names) + 1.2, 2 * panel + 1.2),
-                                squeeze=False, gridspec_kw={"width_ratios": [1] * len(names) + [0.04]})
+    figure, axes = plt.subplots(
+        2,
+        len(names) + 1,
+        figsize=(panel * len(names) + 1.2, 2 * panel + 1.2),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1] * len(names) + [0.04]},
+    )
     off = np.concatenate([off_diagonal(m) for m in relations.values()])
     low, high = np.percentile(off, 1), np.percentile(off, 99)
     teacher = np.asarray(relations[teacher_key])[np.ix_(order, order)]
-    differences = {n: np.asarray(relations[n])[np.ix_(order, order)] - teacher for n in names if n != teacher_key}
+    differences = {
+        n: np.asarray(relations[n])[np.ix_(order, order)] - teacher for n in names if n != teacher_key
+    }
     limit = max([np.abs(off_diagonal(d)).max() for d in differences.values()] + [1e-6])
     font = _label_size(size)
 
     for column, name in enumerate(names):
         matrix = np.asarray(relations[name])[np.ix_(order, order)].copy()
         np.fill_diagonal(matrix, np.nan)
-        sns.heatmap(matrix, ax=axes[0, column], cmap="viridis", vmin=low, vmax=high, square=True,
-                    xticklabels=labels, yticklabels=labels if column == 0 else False,
-                    cbar=column == 0, cbar_ax=axes[0, -1], cbar_kws={"label": "cosine similarity"})
+        sns.heatmap(
+            matrix,
+            ax=axes[0, column],
+            cmap="viridis",
+            vmin=low,
+            vmax=high,
+            square=True,
+            xticklabels=labels,
+            yticklabels=labels if column == 0 else False,
+            cbar=column == 0,
+            cbar_ax=axes[0, -1],
+            cbar_kws={"label": "cosine similarity"},
+        )
         axes[0, column].set_title(name)
         if name == teacher_key:
             axes[1, column].axis("off")
-            axes[1, column].text(0.5, 0.5, "bottom row:\nstudent − teacher\n\nred: the student sees the\n"
-                                 "pair as more alike\nblue: less alike", ha="center", va="center",
-                                 transform=axes[1, column].transAxes)
+            axes[1, column].text(
+                0.5,
+                0.5,
+                "bottom row:\nstudent − teacher\n\nred: the student sees the\n"
+                "pair as more alike\nblue: less alike",
+                ha="center",
+                va="center",
+                transform=axes[1, column].transAxes,
+            )
             continue
         difference = differences[name].copy()
         np.fill_diagonal(difference, np.nan)
         first = column == next(i for i, n in enumerate(names) if n != teacher_key)
-        sns.heatmap(difference, ax=axes[1, column], cmap="RdBu_r", vmin=-limit, vmax=limit, square=True,
-                    xticklabels=labels, yticklabels=labels if first else False,
-                    cbar=first, cbar_ax=axes[1, -1], cbar_kws={"label": "student − teacher"})
+        sns.heatmap(
+            difference,
+            ax=axes[1, column],
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            square=True,
+            xticklabels=labels,
+            yticklabels=labels if first else False,
+            cbar=first,
+            cbar_ax=axes[1, -1],
+            cbar_kws={"label": "student − teacher"},
+        )
         axes[1, column].set_title(f"{name} − {teacher_key}")
     for axis in axes[:, :-1].flat:
         axis.tick_params(labelsize=font, length=0)
-    figure.suptitle("Relation matrices of class centroids (test set, cosine; classes in the teacher's "
-                    "clustered order)", y=1.0)
+    figure.suptitle(
+        "Relation matrices of class centroids (test set, cosine; classes in the teacher's clustered order)",
+        y=1.0,
+    )
     figure.tight_layout()
     return figure
 
@@ -116,26 +151,44 @@ def umap_panels(projections: dict[str, np.ndarray], labels: np.ndarray, class_na
         axis.scatter(points[:, 0], points[:, 1], c=colours, s=marker, alpha=0.7, linewidths=0)
         for k in range(num_classes):
             centre = np.median(points[labels == k], axis=0)
-            axis.annotate(class_names[k], centre, fontsize=_label_size(num_classes) + 1, ha="center",
-                          va="bottom", xytext=(0, 6), textcoords="offset points", color="black",
-                          bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.5, "lw": 0})
+            axis.annotate(
+                class_names[k],
+                centre,
+                fontsize=_label_size(num_classes) + 1,
+                ha="center",
+                va="bottom",
+                xytext=(0, 6),
+                textcoords="offset points",
+                color="black",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.5, "lw": 0},
+            )
         axis.set_title(name)
         axis.set_xticks([])
         axis.set_yticks([])
-    for axis in list(axes.flat)[len(names):]:
+    for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
     if num_classes <= 20:
-        handles = [plt.Line2D([], [], marker="o", ls="", color=palette[k], label=class_names[k])
-                   for k in range(num_classes)]
-        figure.legend(handles=handles, loc="center right", bbox_to_anchor=(1.0 + 0.9 / (5.2 * columns), 0.5),
-                      frameon=False, title="class")
+        handles = [
+            plt.Line2D([], [], marker="o", ls="", color=palette[k], label=class_names[k])
+            for k in range(num_classes)
+        ]
+        figure.legend(
+            handles=handles,
+            loc="center right",
+            bbox_to_anchor=(1.0 + 0.9 / (5.2 * columns), 0.5),
+            frameon=False,
+            title="class",
+        )
     figure.suptitle("UMAP of the test-set embeddings (one projection per model; labels at class medians)")
     figure.tight_layout()
     return figure
 
 
-def centroid_scatter(teacher_relation: np.ndarray, student_relations: dict[str, np.ndarray],
-                     pearson: dict[str, float] | None = None):
+def centroid_scatter(
+    teacher_relation: np.ndarray,
+    student_relations: dict[str, np.ndarray],
+    pearson: dict[str, float] | None = None,
+):
     """Each pair of classes as a point: the teacher's similarity against the student's."""
     names = list(student_relations)
     columns = min(len(names), 4)
@@ -150,7 +203,7 @@ def centroid_scatter(teacher_relation: np.ndarray, student_relations: dict[str, 
         axis.set_title(f"{name}  (Pearson r = {r:.3f})", fontsize=10)
         axis.set_xlabel("teacher: centroid cosine")
         axis.set_ylabel("student: centroid cosine")
-    for axis in list(axes.flat)[len(names):]:
+    for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
     figure.suptitle("Centroid correlation: every pair of classes, teacher against student (test set)")
     figure.tight_layout()
@@ -212,8 +265,9 @@ def pareto(points, x: str, y: str, hue: str, label: str, title: str):
     figure, axis = plt.subplots(figsize=(7, 4.6))
     sns.scatterplot(data=frame, x=x, y=y, hue=hue, style=hue, s=80, ax=axis)
     for _, row in frame.iterrows():
-        axis.annotate(f"{row[label]:g}", (row[x], row[y]), textcoords="offset points", xytext=(5, 4),
-                      fontsize=8)
+        axis.annotate(
+            f"{row[label]:g}", (row[x], row[y]), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
     ordered = frame.sort_values(x, ascending=False)
     front, best_y = [], -np.inf
     for _, row in ordered.iterrows():

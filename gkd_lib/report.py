@@ -35,7 +35,9 @@ def run_table(cfg: Config, arms=None) -> pd.DataFrame:
     """One row per finished run (the teacher first): accuracies in %, and geometry metrics."""
     rows = []
     teacher = read_json(cfg.teacher_dir / "summary.json")
-    rows.append({"arm": "teacher", "seed": cfg.teacher_seed, "model": teacher["model"], **_accuracies(teacher)})
+    rows.append(
+        {"arm": "teacher", "seed": cfg.teacher_seed, "model": teacher["model"], **_accuracies(teacher)}
+    )
     for run in student_runs(cfg, arms):
         summary = read_json(run.folder / "summary.json")
         rows.append({"arm": run.arm, "seed": run.seed, "model": summary["model"], **_accuracies(summary)})
@@ -84,11 +86,14 @@ def results_table(runs: pd.DataFrame, baseline: str = "baseline", reference: str
             "top1_last_std": group["top1_last"].std(ddof=1) if len(group) > 1 else math.nan,
             "top1_best_test_paper_mean": group["top1_best_test_paper"].mean(),
             "delta_vs_baseline": accuracy.mean() - base["top1_best_val"].mean()
-            if base is not None and arm != "teacher" else math.nan,
+            if base is not None and arm != "teacher"
+            else math.nan,
             "p_vs_baseline": welch_p(accuracy, base["top1_best_val"])
-            if base is not None and arm not in ("teacher", baseline) else math.nan,
+            if base is not None and arm not in ("teacher", baseline)
+            else math.nan,
             "p_vs_kd": welch_p(accuracy, ref["top1_best_val"])
-            if ref is not None and arm not in ("teacher", reference) else math.nan,
+            if ref is not None and arm not in ("teacher", reference)
+            else math.nan,
         }
         for column in GEOMETRY_COLUMNS:
             if column in group:
@@ -109,19 +114,25 @@ def _number(value, digits=3) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The results table for people: accuracies as mean ± std, blanks where a figure does not apply."""
-    shown = pd.DataFrame({
-        "arm": table["arm"],
-        "seeds": table["seeds"],
-        "test top-1 % (best-val epoch)": [_mean_std(m, s) for m, s in
-                                          zip(table["top1_best_val_mean"], table["top1_best_val_std"], strict=True)],
-        "test top-1 % (last epoch)": [_mean_std(m, s) for m, s in
-                                      zip(table["top1_last_mean"], table["top1_last_std"], strict=True)],
-        "Δ vs baseline": [("" if math.isnan(v) else f"{v:+.2f}") for v in table["delta_vs_baseline"]],
-        "p vs baseline": [_number(v) for v in table["p_vs_baseline"]],
-        "p vs kd": [_number(v) for v in table["p_vs_kd"]],
-        "best test % during training (paper-comparable)":
-            [_number(v, 2) for v in table["top1_best_test_paper_mean"]],
-    })
+    shown = pd.DataFrame(
+        {
+            "arm": table["arm"],
+            "seeds": table["seeds"],
+            "test top-1 % (best-val epoch)": [
+                _mean_std(m, s)
+                for m, s in zip(table["top1_best_val_mean"], table["top1_best_val_std"], strict=True)
+            ],
+            "test top-1 % (last epoch)": [
+                _mean_std(m, s) for m, s in zip(table["top1_last_mean"], table["top1_last_std"], strict=True)
+            ],
+            "Δ vs baseline": [("" if math.isnan(v) else f"{v:+.2f}") for v in table["delta_vs_baseline"]],
+            "p vs baseline": [_number(v) for v in table["p_vs_baseline"]],
+            "p vs kd": [_number(v) for v in table["p_vs_kd"]],
+            "best test % during training (paper-comparable)": [
+                _number(v, 2) for v in table["top1_best_test_paper_mean"]
+            ],
+        }
+    )
     for column, title in GEOMETRY_COLUMNS.items():
         if column in table:
             shown[title] = [_number(v) for v in table[column]]
@@ -150,16 +161,36 @@ def accuracy_vs_geometry(cfg: Config, table: pd.DataFrame):
         sweep = pd.read_csv(sweep_csv)
         for mode, group in sweep.groupby("centroids"):
             group = group.sort_values("weight")
-            axis.plot(group["centroid_pearson"], group["test_top1"], marker=".", ls=":", alpha=0.7,
-                      label=f"sweep, {mode} centroids")
+            axis.plot(
+                group["centroid_pearson"],
+                group["test_top1"],
+                marker=".",
+                ls=":",
+                alpha=0.7,
+                label=f"sweep, {mode} centroids",
+            )
             for _, row in group.iterrows():
-                axis.annotate(f"λ={row['weight']:g}", (row["centroid_pearson"], row["test_top1"]),
-                              fontsize=7, xytext=(3, 3), textcoords="offset points", alpha=0.8)
+                axis.annotate(
+                    f"λ={row['weight']:g}",
+                    (row["centroid_pearson"], row["test_top1"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    alpha=0.8,
+                )
     palette = sns.color_palette("colorblind", len(arms))
     for colour, (_, row) in zip(palette, arms.iterrows(), strict=False):
         error = row["top1_best_val_std"] if not math.isnan(row["top1_best_val_std"]) else None
-        axis.errorbar(row["centroid_pearson"], row["top1_best_val_mean"], yerr=error, fmt="o", ms=9,
-                      color=colour, capsize=3, label=f"{row['arm']} (n={row['seeds']})")
+        axis.errorbar(
+            row["centroid_pearson"],
+            row["top1_best_val_mean"],
+            yerr=error,
+            fmt="o",
+            ms=9,
+            color=colour,
+            capsize=3,
+            label=f"{row['arm']} (n={row['seeds']})",
+        )
     axis.set_xlabel("centroid correlation with the teacher (Pearson, test set)")
     axis.set_ylabel("test top-1 % (best-validation epoch)")
     axis.set_title("Accuracy against geometry kept")

@@ -65,8 +65,9 @@ def select_device(spec: str = "auto", threads: int | None = None) -> torch.devic
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device {spec!r} was asked for, but CUDA is not available: using the CPU",
-                      stacklevel=2)
+        warnings.warn(
+            f"device {spec!r} was asked for, but CUDA is not available: using the CPU", stacklevel=2
+        )
         return torch.device("cpu")
     return device
 
@@ -83,15 +84,27 @@ def autocast(device: torch.device):
 
 def load_data(cfg: Config) -> ImageData:
     """The profile's dataset with its validation split held out."""
-    return load_dataset(cfg.dataset, cfg.resolved_data_root, download=cfg.download,
-                        val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
-                        test_subset=cfg.test_subset, seed=SPLIT_SEED)
+    return load_dataset(
+        cfg.dataset,
+        cfg.resolved_data_root,
+        download=cfg.download,
+        val_fraction=cfg.val_fraction,
+        train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset,
+        seed=SPLIT_SEED,
+    )
 
 
 def model_info(name: str, width: float, data: ImageData, model: nn.Module) -> dict:
-    return {"name": name, "width": width, "dataset": data.name, "num_classes": data.num_classes,
-            "in_channels": data.in_channels, "embedding_dim": model.embedding_dim,
-            "params": count_parameters(model)}
+    return {
+        "name": name,
+        "width": width,
+        "dataset": data.name,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "embedding_dim": model.embedding_dim,
+        "params": count_parameters(model),
+    }
 
 
 def check_model_fits(model: nn.Module, data: ImageData, role: str) -> None:
@@ -117,12 +130,15 @@ def load_teacher(cfg: Config, data: ImageData, device: torch.device):
         )
     state = load_checkpoint(checkpoint)
     info = state["model_info"]
-    if info["dataset"] != data.name or info["num_classes"] != data.num_classes \
-            or info["in_channels"] != data.in_channels:
+    if (
+        info["dataset"] != data.name
+        or info["num_classes"] != data.num_classes
+        or info["in_channels"] != data.in_channels
+    ):
         raise ValueError(
-            f"the teacher at {checkpoint} was trained on {info['dataset']} ({info['num_classes']} classes, "
-            f"{info['in_channels']} channels), but this profile uses {data.name} ({data.num_classes} classes, "
-            f"{data.in_channels} channels); train a teacher for this dataset"
+            f"the teacher at {checkpoint} was trained on {info['dataset']} ({info['num_classes']} "
+            f"classes, {info['in_channels']} channels), but this profile uses {data.name} "
+            f"({data.num_classes} classes, {data.in_channels} channels); train a teacher for this dataset"
         )
     teacher = build_model(info["name"], info["num_classes"], info["in_channels"], info["width"])
     teacher.load_state_dict(state["model"])
@@ -133,11 +149,18 @@ def load_teacher(cfg: Config, data: ImageData, device: torch.device):
 
 
 @torch.no_grad()
-def embed(model: nn.Module, images: torch.Tensor, data: ImageData, device: torch.device,
-          batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def embed(
+    model: nn.Module, images: torch.Tensor, data: ImageData, device: torch.device, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings and logits of uint8 images, model in eval mode, no augmentation (float32, CPU)."""
-    batches = TensorBatches(images, torch.zeros(len(images), dtype=torch.int64), data.mean, data.std,
-                            batch_size=batch_size, device=device)
+    batches = TensorBatches(
+        images,
+        torch.zeros(len(images), dtype=torch.int64),
+        data.mean,
+        data.std,
+        batch_size=batch_size,
+        device=device,
+    )
     was_training = model.training
     model.eval()
     embeddings, logits = [], []
@@ -170,8 +193,9 @@ def build_optimizer(cfg: Config, parameters) -> torch.optim.Optimizer:
     # No weight decay on BatchNorm and bias parameters is common, but the paper and
     # the standard CIFAR protocol decay everything; so does this kit.
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid optimizers: sgd, adamw")
@@ -202,8 +226,12 @@ def rng_state(generator: torch.Generator) -> dict:
     state = {
         "torch": torch.get_rng_state(),
         "data": generator.get_state(),
-        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
-                  "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -215,8 +243,15 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["data"])
     numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
@@ -246,19 +281,40 @@ class Run:
 
 def run_params(cfg: Config, role: str, method: str, seed: int, method_args: dict) -> dict:
     """The parameters that decide a run's results (not where it is written, nor on what device)."""
-    keys = ["dataset", "train_subset", "test_subset", "val_fraction", "batch_size", "optimizer", "lr",
-            "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "milestones", "gamma"]
+    keys = [
+        "dataset",
+        "train_subset",
+        "test_subset",
+        "val_fraction",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "schedule",
+        "warmup_epochs",
+        "milestones",
+        "gamma",
+    ]
     params = {k: cfg.to_dict()[k] for k in keys}
     if role == "teacher":
         params.update(model=cfg.teacher, width=cfg.teacher_width, epochs=cfg.teacher_epochs)
     else:
         # Every argument of the arm's methods, defaults included: a changed default is a changed run.
-        arguments = {name: {**method_defaults(name), **(method_args.get(name) or {})}
-                     for name in split_spec(method)}
-        params.update(model=cfg.student, width=cfg.student_width, epochs=cfg.epochs,
-                      teacher=cfg.teacher, teacher_width=cfg.teacher_width,
-                      teacher_epochs=cfg.teacher_epochs, teacher_seed=cfg.teacher_seed,
-                      method_args=arguments)
+        arguments = {
+            name: {**method_defaults(name), **(method_args.get(name) or {})} for name in split_spec(method)
+        }
+        params.update(
+            model=cfg.student,
+            width=cfg.student_width,
+            epochs=cfg.epochs,
+            teacher=cfg.teacher,
+            teacher_width=cfg.teacher_width,
+            teacher_epochs=cfg.teacher_epochs,
+            teacher_seed=cfg.teacher_seed,
+            method_args=arguments,
+        )
     params.update(role=role, method=method, seed=seed)
     return params
 
@@ -288,8 +344,18 @@ def clear_run(folder: Path) -> None:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def fit(run: Run, distiller: Distiller, data: ImageData, cfg: Config, *, device: torch.device,
-        info: dict, force: bool = False, progress: bool = True, after_training=None) -> dict:
+def fit(
+    run: Run,
+    distiller: Distiller,
+    data: ImageData,
+    cfg: Config,
+    *,
+    device: torch.device,
+    info: dict,
+    force: bool = False,
+    progress: bool = True,
+    after_training=None,
+) -> dict:
     """Train `distiller.student` for `run.epochs` epochs, resuming from `last.pt` when present.
 
     Returns the run's summary; a finished run with the same parameters is not retrained.
@@ -300,6 +366,8 @@ def fit(run: Run, distiller: Distiller, data: ImageData, cfg: Config, *, device:
             clear_run(run.folder)
         state = run_state(run)
         if state == "done":
+            if after_training is not None:  # reached only when its output is missing (see train_teacher)
+                after_training(run.folder)
             return read_json(run.folder / "summary.json")
         if state == "new":
             write_json(run.folder / "config.json", {"run": run.params, "profile": cfg.to_dict()})
@@ -309,13 +377,22 @@ def fit(run: Run, distiller: Distiller, data: ImageData, cfg: Config, *, device:
 
 def _fit_locked(run, distiller, data, cfg, device, info, progress, after_training) -> dict:
     folder = run.folder
-    train = TensorBatches(data.train_images, data.train_labels, data.mean, data.std,
-                          batch_size=cfg.batch_size, device=device, padding=data.crop_padding,
-                          flip=data.flip)
-    val = TensorBatches(data.val_images, data.val_labels, data.mean, data.std,
-                        batch_size=cfg.batch_size, device=device)
-    test = TensorBatches(data.test_images, data.test_labels, data.mean, data.std,
-                         batch_size=cfg.batch_size, device=device)
+    train = TensorBatches(
+        data.train_images,
+        data.train_labels,
+        data.mean,
+        data.std,
+        batch_size=cfg.batch_size,
+        device=device,
+        padding=data.crop_padding,
+        flip=data.flip,
+    )
+    val = TensorBatches(
+        data.val_images, data.val_labels, data.mean, data.std, batch_size=cfg.batch_size, device=device
+    )
+    test = TensorBatches(
+        data.test_images, data.test_labels, data.mean, data.std, batch_size=cfg.batch_size, device=device
+    )
 
     distiller.to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, distiller.trainable_parameters())
@@ -346,8 +423,13 @@ def _fit_locked(run, distiller, data, cfg, device, info, progress, after_trainin
         started = time.perf_counter()
         sums, correct, seen = None, torch.zeros((), device=device), 0
         watch = NonFiniteWatch(device)
-        bar = tqdm(train.train_epoch(generator), total=len(train), leave=False, disable=not progress,
-                   desc=f"{run.role} {run.method} seed {run.seed} epoch {epoch + 1}/{run.epochs}")
+        bar = tqdm(
+            train.train_epoch(generator),
+            total=len(train),
+            leave=False,
+            disable=not progress,
+            desc=f"{run.role} {run.method} seed {run.seed} epoch {epoch + 1}/{run.epochs}",
+        )
         for step, (images, labels) in enumerate(bar):
             logits, terms, loss = train_step(step_fn, optimizer, scheduler, images, labels, device)
             values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())])
@@ -365,23 +447,47 @@ def _fit_locked(run, distiller, data, cfg, device, info, progress, after_trainin
         test_acc = accuracy(distiller.student, test, cfg.eval_batch_size)
         epoch_seconds = time.perf_counter() - started
         elapsed += epoch_seconds
-        row = {"epoch": epoch + 1, "loss": means.pop("loss"), **means,
-               "train_acc": correct.item() / seen, "val_acc": val_acc, "test_acc": test_acc,
-               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_seconds,
-               "epoch_time_s": epoch_seconds, "elapsed_s": elapsed}
+        row = {
+            "epoch": epoch + 1,
+            "loss": means.pop("loss"),
+            **means,
+            "train_acc": correct.item() / seen,
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / train_seconds,
+            "epoch_time_s": epoch_seconds,
+            "elapsed_s": elapsed,
+        }
 
         if val_acc > best["val_acc"]:
             best.update(val_acc=val_acc, epoch=epoch + 1, test_acc=test_acc)
-            save_checkpoint(folder / "best.pt", {"model": distiller.student.state_dict(),
-                                                 "model_info": info, "epoch": epoch + 1,
-                                                 "val_acc": val_acc, "test_acc": test_acc})
+            save_checkpoint(
+                folder / "best.pt",
+                {
+                    "model": distiller.student.state_dict(),
+                    "model_info": info,
+                    "epoch": epoch + 1,
+                    "val_acc": val_acc,
+                    "test_acc": test_acc,
+                },
+            )
         best["best_test_acc"] = max(best["best_test_acc"], test_acc)
-        save_checkpoint(folder / "last.pt", {
-            "format": CHECKPOINT_FORMAT, "run": run.params, "epoch": epoch + 1, "elapsed_s": elapsed,
-            "model": distiller.state_for_checkpoint(), "model_info": info,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(generator), "best": best,
-        })
+        save_checkpoint(
+            folder / "last.pt",
+            {
+                "format": CHECKPOINT_FORMAT,
+                "run": run.params,
+                "epoch": epoch + 1,
+                "elapsed_s": elapsed,
+                "model": distiller.state_for_checkpoint(),
+                "model_info": info,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(generator),
+                "best": best,
+            },
+        )
         log.append(row)
         if progress:
             tqdm.write(_summary_line(run, row))
@@ -390,14 +496,21 @@ def _fit_locked(run, distiller, data, cfg, device, info, progress, after_trainin
         after_training(folder)
     rows = log.rows()
     summary = {
-        "role": run.role, "method": run.method, "seed": run.seed, "epochs": run.epochs,
-        "model": info["name"], "params": info["params"],
-        "test_acc_at_best_val": best["test_acc"], "best_val_acc": best["val_acc"],
-        "best_val_epoch": best["epoch"], "test_acc_last": rows[-1]["test_acc"],
+        "role": run.role,
+        "method": run.method,
+        "seed": run.seed,
+        "epochs": run.epochs,
+        "model": info["name"],
+        "params": info["params"],
+        "test_acc_at_best_val": best["test_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_val_epoch": best["epoch"],
+        "test_acc_last": rows[-1]["test_acc"],
         "val_acc_last": rows[-1]["val_acc"],
         # Selected on the test set: only for comparison with the paper's Table 1.
         "best_test_acc_during_training_paper_comparable": best["best_test_acc"],
-        "wall_time_s": elapsed, "device": str(device),
+        "wall_time_s": elapsed,
+        "device": str(device),
     }
     write_json(folder / "summary.json", summary)
     return summary
@@ -450,7 +563,9 @@ class NonFiniteWatch:
             return
         first = int(self.first_bad.item())
         if first >= 0:
-            _raise_non_finite(epoch, self.where[first], dict(zip(self.names, self.values.tolist(), strict=True)))
+            _raise_non_finite(
+                epoch, self.where[first], dict(zip(self.names, self.values.tolist(), strict=True))
+            )
 
 
 def _raise_non_finite(epoch, step, values: dict[str, float]) -> None:
@@ -462,43 +577,73 @@ def _raise_non_finite(epoch, step, values: dict[str, float]) -> None:
 
 
 def _summary_line(run: Run, row: dict) -> str:
-    terms = " ".join(f"{k} {v:.3f}" for k, v in row.items()
-                     if k not in {"epoch", "loss", "train_acc", "val_acc", "test_acc", "lr", "images_per_s",
-                                  "epoch_time_s", "elapsed_s"})
-    return (f"{run.role:7s} {run.method:14s} seed {run.seed}  epoch {row['epoch']:3d}/{run.epochs:<3d} "
-            f"loss {row['loss']:.3f} ({terms})  train {100 * row['train_acc']:5.1f}%  "
-            f"val {100 * row['val_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  lr {row['lr']:.4f}  "
-            f"{row['images_per_s']:7.0f} img/s  {row['epoch_time_s']:6.1f}s")
+    terms = " ".join(
+        f"{k} {v:.3f}"
+        for k, v in row.items()
+        if k
+        not in {
+            "epoch",
+            "loss",
+            "train_acc",
+            "val_acc",
+            "test_acc",
+            "lr",
+            "images_per_s",
+            "epoch_time_s",
+            "elapsed_s",
+        }
+    )
+    return (
+        f"{run.role:7s} {run.method:14s} seed {run.seed}  epoch {row['epoch']:3d}/{run.epochs:<3d} "
+        f"loss {row['loss']:.3f} ({terms})  train {100 * row['train_acc']:5.1f}%  "
+        f"val {100 * row['val_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  lr {row['lr']:.4f}  "
+        f"{row['images_per_s']:7.0f} img/s  {row['epoch_time_s']:6.1f}s"
+    )
 
 
 # ----------------------------------------------------------------------------- entry points
 
 
 def teacher_run(cfg: Config) -> Run:
-    return Run(cfg.teacher_dir, "teacher", "baseline", cfg.teacher_seed, cfg.teacher_epochs,
-               run_params(cfg, "teacher", "baseline", cfg.teacher_seed, {}))
+    return Run(
+        cfg.teacher_dir,
+        "teacher",
+        "baseline",
+        cfg.teacher_seed,
+        cfg.teacher_epochs,
+        run_params(cfg, "teacher", "baseline", cfg.teacher_seed, {}),
+    )
 
 
-def student_run(cfg: Config, method: str, seed: int, run_name: str | None = None,
-                method_args: dict | None = None) -> Run:
+def student_run(
+    cfg: Config, method: str, seed: int, run_name: str | None = None, method_args: dict | None = None
+) -> Run:
     method_args = cfg.method_args if method_args is None else method_args
-    return Run(cfg.student_dir(run_name or method, seed), "student", method, seed, cfg.epochs,
-               run_params(cfg, "student", method, seed, method_args))
+    return Run(
+        cfg.student_dir(run_name or method, seed),
+        "student",
+        method,
+        seed,
+        cfg.epochs,
+        run_params(cfg, "student", method, seed, method_args),
+    )
 
 
-def train_teacher(cfg: Config, data: ImageData | None = None, *, force: bool = False,
-                  progress: bool = True) -> dict:
+def train_teacher(
+    cfg: Config, data: ImageData | None = None, *, force: bool = False, progress: bool = True
+) -> dict:
     """Train the profile's teacher, then store its class centroids (train split) beside it."""
     run = teacher_run(cfg)
-    if not force and run_state(run) == "done":
+    if not force and run_state(run) == "done" and (run.folder / "centroids.pt").exists():
         return read_json(run.folder / "summary.json")
     data = data or load_data(cfg)
     device = select_device(cfg.device, cfg.threads)
     seed_everything(cfg.teacher_seed)
     teacher = build_model(cfg.teacher, data.num_classes, data.in_channels, cfg.teacher_width)
     check_model_fits(teacher, data, "teacher")
-    distiller = Distiller(teacher, build_methods("baseline", {}, MethodContext(data.num_classes,
-                                                                                teacher.embedding_dim)))
+    distiller = Distiller(
+        teacher, build_methods("baseline", {}, MethodContext(data.num_classes, teacher.embedding_dim))
+    )
     info = model_info(cfg.teacher, cfg.teacher_width, data, teacher)
 
     def store_centroids(folder: Path) -> None:
@@ -506,17 +651,40 @@ def train_teacher(cfg: Config, data: ImageData | None = None, *, force: bool = F
         teacher.load_state_dict(best["model"])
         embedding, _ = embed(teacher, data.train_images, data, device, cfg.eval_batch_size)
         centroids = class_centroids(embedding, data.train_labels, data.num_classes)
-        save_checkpoint(folder / "centroids.pt", {"centroids": centroids, "dataset": data.name,
-                                                  "num_classes": data.num_classes,
-                                                  "epoch": best["epoch"]})
+        save_checkpoint(
+            folder / "centroids.pt",
+            {
+                "centroids": centroids,
+                "dataset": data.name,
+                "num_classes": data.num_classes,
+                "epoch": best["epoch"],
+            },
+        )
 
-    return fit(run, distiller, data, cfg, device=device, info=info, force=force, progress=progress,
-               after_training=store_centroids)
+    return fit(
+        run,
+        distiller,
+        data,
+        cfg,
+        device=device,
+        info=info,
+        force=force,
+        progress=progress,
+        after_training=store_centroids,
+    )
 
 
-def train_student(cfg: Config, method: str, seed: int, *, run_name: str | None = None,
-                  method_args: dict | None = None, data: ImageData | None = None,
-                  force: bool = False, progress: bool = True) -> dict:
+def train_student(
+    cfg: Config,
+    method: str,
+    seed: int,
+    *,
+    run_name: str | None = None,
+    method_args: dict | None = None,
+    data: ImageData | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
     """Distil one student arm (`method`, for example 'geometry' or 'kd+geometry') with one seed."""
     split_spec(method)
     method_args = cfg.method_args if method_args is None else method_args

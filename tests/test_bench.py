@@ -8,11 +8,34 @@ from gkd_lib import bench
 
 
 def test_benchmark_runs_a_few_steps(capsys):
-    result = bench.run_benchmark(bench.build_parser().parse_args([
-        "--model", "resnet8", "--width", "0.5", "--teacher", "resnet8", "--method", "kd+geometry",
-        "--batch-size", "16", "--classes", "10", "--images", "256", "--steps", "2", "--warmup", "1",
-        "--repeats", "2", "--workers", "0",
-    ]))
+    result = bench.run_benchmark(
+        bench.build_parser().parse_args(
+            [
+                "--model",
+                "resnet8",
+                "--width",
+                "0.5",
+                "--teacher",
+                "resnet8",
+                "--method",
+                "kd+geometry",
+                "--batch-size",
+                "16",
+                "--classes",
+                "10",
+                "--images",
+                "256",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--repeats",
+                "2",
+                "--workers",
+                "0",
+            ]
+        )
+    )
     printed = capsys.readouterr().out
     assert set(result["images_per_s"]) == {"project", "reference"}
     assert all(v > 0 and math.isfinite(v) for v in result["images_per_s"].values())

@@ -132,8 +132,10 @@ def test_image_folder_without_splits_is_refused(tmp_path):
         load_dataset("imagefolder", tmp_path / "only")
 
 
-@pytest.mark.skipif(not datasets.FASHION_MNIST_SYSTEM_DIR.is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed (/usr/share/datasets/fashion-mnist)")
+@pytest.mark.skipif(
+    not datasets.FASHION_MNIST_SYSTEM_DIR.is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (/usr/share/datasets/fashion-mnist)",
+)
 def test_fashion_mnist_from_the_debian_package(tmp_path):
     data = load_dataset("fashion_mnist", tmp_path)
     assert (len(data.train_labels), len(data.test_labels)) == (60000, 10000)
@@ -149,8 +151,18 @@ CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg"
 def test_real_cifar10_jpeg_folder():
     data = load_dataset("imagefolder", CIFAR10_JPEG)
     assert (len(data.train_labels), len(data.test_labels)) == (50000, 10000)
-    assert data.classes == ("airplane", "automobile", "bird", "cat", "deer",
-                            "dog", "frog", "horse", "ship", "truck")
+    assert data.classes == (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    )
     assert torch.bincount(data.train_labels).tolist() == [5000] * 10
     assert np.allclose(data.mean, (0.491, 0.482, 0.447), atol=0.002)
     started = time.perf_counter()

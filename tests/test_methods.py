@@ -40,7 +40,9 @@ def test_kd_by_hand():
 
 
 def test_feature_by_hand():
-    (feature,) = build_methods("feature", {"feature": {"beta": 2.0}}, context(3, student_dim=2, teacher_dim=3))
+    (feature,) = build_methods(
+        "feature", {"feature": {"beta": 2.0}}, context(3, student_dim=2, teacher_dim=3)
+    )
     with torch.no_grad():
         feature.regressor.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
     # W s = (1, 2, 3) against t = (1, 0, 0): squared errors 0, 4, 9 -> mean 13/3
@@ -160,9 +162,11 @@ def test_combination_sums_terms_and_weights_cross_entropy_once():
     geometry_alone = geometry_method(weight=5.0)
     with torch.no_grad():
         assert terms["kd"].item() == pytest.approx(
-            kd_alone(Outputs(x, logits), Outputs(x, teacher(x)), labels)["kd"].item())
+            kd_alone(Outputs(x, logits), Outputs(x, teacher(x)), labels)["kd"].item()
+        )
         assert terms["geometry"].item() == pytest.approx(
-            geometry_alone(Outputs(x, logits), None, labels)["geometry"].item())
+            geometry_alone(Outputs(x, logits), None, labels)["geometry"].item()
+        )
     assert not distiller.teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
@@ -177,12 +181,22 @@ def test_baseline_holds_no_teacher():
     [
         ("kd++geometry", {}, UnknownNameError, "unknown method ''"),
         ("distill", {}, UnknownNameError, "valid methods: baseline"),
-        ("kd", {"kd": {"tau": 2}}, ValueError, "method 'kd' has no argument tau; accepted: temperature, alpha"),
+        (
+            "kd",
+            {"kd": {"tau": 2}},
+            ValueError,
+            "method 'kd' has no argument tau; accepted: temperature, alpha",
+        ),
         ("kd", {"kd": {"temperature": 0}}, ValueError, "kd temperature must be a finite number > 0, got 0"),
         ("kd", {"kd": {"alpha": -0.1}}, ValueError, "kd alpha must be a finite number >= 0, got -0.1"),
         ("geometry", {"geometry": {"weight": float("nan")}}, ValueError, "geometry weight must be a finite"),
         ("geometry", {"geometry": {"weight": float("inf")}}, ValueError, "got inf"),
-        ("geometry", {"geometry": {"momentum": 1.0}}, ValueError, "geometry momentum must be in [0, 1), got 1.0"),
+        (
+            "geometry",
+            {"geometry": {"momentum": 1.0}},
+            ValueError,
+            "geometry momentum must be in [0, 1), got 1.0",
+        ),
         ("geometry", {"geometry": {"momentum": -0.5}}, ValueError, "got -0.5"),
         ("geometry", {"geometry": {"similarity": "l2"}}, ValueError, "one of cosine, dot, neg_sqdist"),
         ("feature", {"feature": {"beta": -1}}, ValueError, "feature beta must be a finite number >= 0"),

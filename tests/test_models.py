@@ -54,5 +54,13 @@ def test_width_multiplier_scales_channels():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UnknownNameError, match="valid models: .*resnet18.*resnet8"):
         build_model("vgg13", 10)
-    assert set(MODELS.names()) == {"resnet8", "resnet14", "resnet20", "resnet32", "resnet56",
-                                   "resnet18", "resnet34", "resnet50"}
+    assert set(MODELS.names()) == {
+        "resnet8",
+        "resnet14",
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+    }

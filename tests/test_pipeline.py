@@ -10,11 +10,12 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import SHARED_DATA
+
 from gkd_lib import config, pipeline
 from gkd_lib.config import FIELDS, ConfigError
 from gkd_lib.runs import RunLockedError, locked
+from gkd_lib.sweep import sweep_points
 
 TINY = {
     "profile": "tiny",
@@ -38,8 +39,9 @@ def tiny(tmp_path_factory):
     """The tiny profile, run once through the pipeline; returns (cfg, printed lines)."""
     folder = tmp_path_factory.mktemp("tiny")
     profile = folder / "tiny.yaml"
-    profile.write_text(yaml.safe_dump({**TINY, "runs_dir": str(folder / "runs"),
-                                       "figures_dir": str(folder / "figures")}))
+    profile.write_text(
+        yaml.safe_dump({**TINY, "runs_dir": str(folder / "runs"), "figures_dir": str(folder / "figures")})
+    )
     cfg = config.resolve(profile)
     lines = []
     pipeline.run_pipeline(cfg, echo=lines.append)
@@ -48,20 +50,33 @@ def tiny(tmp_path_factory):
 
 def executed(path):
     notebook = nbformat.read(str(path), as_version=4)
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     return notebook, errors
 
 
 def test_tiny_profile_end_to_end(tiny):
     cfg, lines = tiny
     names = sorted(p.name for p in (cfg.profile_dir / "notebooks").glob("*.ipynb"))
-    assert names == sorted([
-        "01_train_teacher.ipynb", "03_geometry_analysis.ipynb", "04_report.ipynb", "05_lambda_sweep.ipynb",
-        "02_distill_student-baseline-seed0.ipynb", "02_distill_student-baseline-seed1.ipynb",
-        "02_distill_student-kd+geometry-seed0.ipynb", "02_distill_student-kd+geometry-seed1.ipynb",
-        "02_distill_student-sweep-running-w0-seed0.ipynb", "02_distill_student-sweep-running-w30-seed0.ipynb",
-    ])
+    assert names == sorted(
+        [
+            "01_train_teacher.ipynb",
+            "03_geometry_analysis.ipynb",
+            "04_report.ipynb",
+            "05_lambda_sweep.ipynb",
+            "02_distill_student-baseline-seed0.ipynb",
+            "02_distill_student-baseline-seed1.ipynb",
+            "02_distill_student-kd+geometry-seed0.ipynb",
+            "02_distill_student-kd+geometry-seed1.ipynb",
+            "02_distill_student-sweep-w0-seed0.ipynb",
+            "02_distill_student-sweep-running-w30-seed0.ipynb",
+        ]
+    )
     for path in (cfg.profile_dir / "notebooks").glob("*.ipynb"):
         notebook, errors = executed(path)
         assert not errors, (path.name, errors)
@@ -73,8 +88,16 @@ def test_tiny_profile_end_to_end(tiny):
 
 def test_tiny_profile_writes_figures(tiny):
     cfg, _ = tiny
-    for name in ("relation_heatmaps", "umap", "centroid_correlation", "loss_curves", "val_accuracy_curves",
-                 "test_accuracy_curves", "accuracy_vs_geometry", "lambda_sweep"):
+    for name in (
+        "relation_heatmaps",
+        "umap",
+        "centroid_correlation",
+        "loss_curves",
+        "val_accuracy_curves",
+        "test_accuracy_curves",
+        "accuracy_vs_geometry",
+        "lambda_sweep",
+    ):
         for extension in ("png", "pdf"):
             path = cfg.figure_dir / f"{name}.{extension}"
             assert path.is_file() and path.stat().st_size > 5_000, path
@@ -94,7 +117,8 @@ def test_tiny_profile_results_table_holds_numbers(tiny):
     assert 0 <= table.loc[2, "p_vs_baseline"] <= 1
     # the differences from the baseline follow from the means
     assert table.loc[2, "delta_vs_baseline"] == pytest.approx(
-        table.loc[2, "top1_best_val_mean"] - table.loc[1, "top1_best_val_mean"])
+        table.loc[2, "top1_best_val_mean"] - table.loc[1, "top1_best_val_mean"]
+    )
     markdown = (cfg.figure_dir / "results.md").read_text()
     assert re.search(r"\| kd\+geometry +\| +2 \| \d+\.\d\d ± \d+\.\d\d +\|", markdown), markdown
     assert "±" in markdown and "paper-comparable" in markdown
@@ -131,8 +155,11 @@ def test_a_second_pipeline_on_the_same_folder_is_refused(tiny):
 
 def test_unknown_notebook_parameter_is_refused(tmp_path):
     with pytest.raises(ConfigError) as error:
-        pipeline.execute(pipeline.NOTEBOOKS_DIR / "02_distill_student.ipynb", tmp_path / "out.ipynb",
-                         {"method": "kd", "epocs": 3})
+        pipeline.execute(
+            pipeline.NOTEBOOKS_DIR / "02_distill_student.ipynb",
+            tmp_path / "out.ipynb",
+            {"method": "kd", "epocs": 3},
+        )
     assert "does not define the parameter(s) epocs" in str(error.value)
     assert "method" in str(error.value) and "epochs" in str(error.value)
     assert not (tmp_path / "out.ipynb").exists()
@@ -158,14 +185,17 @@ def test_committed_notebooks_carry_no_outputs(name):
 @pytest.mark.parametrize("profile", config.profile_names())
 def test_dry_run_every_profile(profile, image_folder):
     overrides = {}
-    if config.load_profile(profile)["dataset"] == "imagefolder" and not (SHARED_DATA / "cifar10-jpeg").is_dir():
+    if (
+        config.load_profile(profile)["dataset"] == "imagefolder"
+        and not (SHARED_DATA / "cifar10-jpeg").is_dir()
+    ):
         overrides["data_root"] = str(image_folder[0])
     cfg = config.resolve(profile, **overrides)
     before = sorted(cfg.profile_dir.rglob("*")) if cfg.profile_dir.exists() else []
     lines = []
     steps = pipeline.dry_run(cfg, echo=lines.append)
     students = len(cfg.methods) * len(cfg.seeds)
-    sweep = len(cfg.sweep_weights) * len(cfg.sweep_centroids) + (1 if cfg.sweep_weights else 0)
+    sweep = len(sweep_points(cfg)) + (1 if cfg.sweep_weights else 0)
     assert len(steps) == 1 + sweep + students + 2
     assert lines[-1].startswith("dry run:") and "nothing was trained" in lines[-1]
     after = sorted(cfg.profile_dir.rglob("*")) if cfg.profile_dir.exists() else []
@@ -174,18 +204,38 @@ def test_dry_run_every_profile(profile, image_folder):
 
 def test_paper_profile_is_the_papers_setting():
     cfg = config.resolve("paper")
-    assert (cfg.dataset, cfg.teacher, cfg.student, cfg.epochs, cfg.batch_size) == \
-        ("cifar100", "resnet50", "resnet18", 30, 64)
+    assert (cfg.dataset, cfg.teacher, cfg.student, cfg.epochs, cfg.batch_size) == (
+        "cifar100",
+        "resnet50",
+        "resnet18",
+        30,
+        64,
+    )
     assert list(cfg.methods) == ["baseline", "kd", "feature", "geometry"]
     full = config.resolve("full")
-    assert (full.epochs, full.lr, full.schedule, full.milestones, full.weight_decay, len(full.seeds)) == \
-        (240, 0.05, "step", (150, 180, 210), 5e-4, 3)
+    assert (full.epochs, full.lr, full.schedule, full.milestones, full.weight_decay, len(full.seeds)) == (
+        240,
+        0.05,
+        "step",
+        (150, 180, 210),
+        5e-4,
+        3,
+    )
 
 
 def test_command_line_errors_name_what_is_accepted(capsys):
     assert pipeline.main(["--profile", "nope"]) == 2
-    assert "unknown profile 'nope'; valid profiles: cifar10-cpu" in capsys.readouterr().err
+    assert "unknown profile 'nope'; valid profiles: cifar10-compare, cifar10-cpu" in capsys.readouterr().err
     assert pipeline.main(["--profile", "demo", "--set", "epocs=3"]) == 2
     assert "unknown parameter 'epocs'" in capsys.readouterr().err
     assert pipeline.main(["--profile", "demo", "--set", "optimizer=adam", "--dry-run"]) == 2
     assert "valid optimizers: sgd, adamw" in capsys.readouterr().err
+
+
+def test_sweep_grid_shares_the_weight_zero_run():
+    cfg = config.resolve("demo", sweep_weights=[0, 1, 10], sweep_centroids=["running", "batch"])
+    names = [name for name, _ in sweep_points(cfg)]
+    assert names == ["sweep-w0", "sweep-running-w1", "sweep-running-w10", "sweep-batch-w1", "sweep-batch-w10"]
+    arguments = dict(sweep_points(cfg))
+    assert arguments["sweep-batch-w10"]["geometry"] == {"weight": 10.0, "centroids": "batch"}
+    assert arguments["sweep-w0"]["geometry"]["weight"] == 0.0

@@ -55,11 +55,16 @@ def kill_after_epochs(command: list[str], metrics_file, epochs: int) -> None:
 
 def test_sigkilled_run_resumes_to_identical_metrics(tmp_path):
     killed = config.resolve("demo", runs_dir=str(tmp_path / "killed"), **KILLABLE)
-    script = ("import sys; from gkd_lib import config, train; "
-              f"cfg = config.resolve('demo', runs_dir=sys.argv[1], **{KILLABLE!r}); "
-              "train.train_teacher(cfg, progress=False)")
-    kill_after_epochs([sys.executable, "-c", script, str(tmp_path / "killed")],
-                      killed.teacher_dir / "metrics.jsonl", epochs=2)
+    script = (
+        "import sys; from gkd_lib import config, train; "
+        f"cfg = config.resolve('demo', runs_dir=sys.argv[1], **{KILLABLE!r}); "
+        "train.train_teacher(cfg, progress=False)"
+    )
+    kill_after_epochs(
+        [sys.executable, "-c", script, str(tmp_path / "killed")],
+        killed.teacher_dir / "metrics.jsonl",
+        epochs=2,
+    )
     assert not (killed.teacher_dir / "summary.json").exists()
     stopped_at = load_checkpoint(killed.teacher_dir / "last.pt")["epoch"]
     assert 2 <= stopped_at < 6
@@ -71,15 +76,26 @@ def test_sigkilled_run_resumes_to_identical_metrics(tmp_path):
     assert len(metrics(killed.teacher_dir)) == 6
     for key in ("test_acc_at_best_val", "best_val_epoch", "test_acc_last"):
         assert resumed[key] == uninterrupted[key]
-    assert torch.equal(torch.load(killed.teacher_dir / "centroids.pt")["centroids"],
-                       torch.load(whole.teacher_dir / "centroids.pt")["centroids"])
+    assert torch.equal(
+        torch.load(killed.teacher_dir / "centroids.pt")["centroids"],
+        torch.load(whole.teacher_dir / "centroids.pt")["centroids"],
+    )
 
 
 def test_killed_pipeline_resumes_its_run(tmp_path):
     profile = tmp_path / "resume.yaml"
-    profile.write_text(yaml.safe_dump({"profile": "resume", "dataset": "digits", "methods": ["baseline"],
-                                       "runs_dir": str(tmp_path / "runs"), "figures_dir": str(tmp_path / "fig"),
-                                       **KILLABLE}))
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "profile": "resume",
+                "dataset": "digits",
+                "methods": ["baseline"],
+                "runs_dir": str(tmp_path / "runs"),
+                "figures_dir": str(tmp_path / "fig"),
+                **KILLABLE,
+            }
+        )
+    )
     cfg = config.resolve(profile)
     command = [sys.executable, "-m", "gkd_lib.pipeline", "--profile", str(profile), "--only", "teacher"]
     kill_after_epochs(command, cfg.teacher_dir / "metrics.jsonl", epochs=2)
@@ -97,8 +113,15 @@ def test_killed_pipeline_resumes_its_run(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_teacher(tmp_path_factory):
-    cfg = config.resolve("demo", runs_dir=str(tmp_path_factory.mktemp("runs")), teacher="resnet8",
-                         teacher_width=0.5, teacher_epochs=2, student_width=0.5, epochs=2)
+    cfg = config.resolve(
+        "demo",
+        runs_dir=str(tmp_path_factory.mktemp("runs")),
+        teacher="resnet8",
+        teacher_width=0.5,
+        teacher_epochs=2,
+        student_width=0.5,
+        epochs=2,
+    )
     train.train_teacher(cfg, progress=False)
     return cfg
 
@@ -144,15 +167,24 @@ def test_geometry_bank_is_in_the_checkpoint(small_teacher):
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
-        ({"methods": ["distill"]}, "unknown method 'distill'; valid methods: baseline, cc, dkd, feature, geometry"),
+        (
+            {"methods": ["distill"]},
+            "unknown method 'distill'; valid methods: baseline, cc, dkd, feature, geometry",
+        ),
         ({"student": "vgg8"}, "unknown model 'vgg8'; valid models: resnet14"),
         ({"teacher": "wrn40"}, "unknown model 'wrn40'"),
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; valid datasets: cifar10, cifar100, digits"),
         ({"optimizer": "adam"}, "unknown optimizer 'adam'; valid optimizers: sgd, adamw"),
         ({"method_args": {"kd": {"temperature": 0}}}, "kd temperature must be a finite number > 0, got 0"),
         ({"method_args": {"kd": {"temperature": -2.0}}}, "got -2.0"),
-        ({"method_args": {"geometry": {"weight": -1}}}, "geometry weight must be a finite number >= 0, got -1"),
-        ({"method_args": {"feature": {"beta": float("nan")}}}, "feature beta must be a finite number >= 0, got nan"),
+        (
+            {"method_args": {"geometry": {"weight": -1}}},
+            "geometry weight must be a finite number >= 0, got -1",
+        ),
+        (
+            {"method_args": {"feature": {"beta": float("nan")}}},
+            "feature beta must be a finite number >= 0, got nan",
+        ),
         ({"method_args": {"rkd": {"angle_weight": float("inf")}}}, "rkd angle_weight must be a finite"),
         ({"method_args": {"geometry": {"momentum": 1.0}}}, "geometry momentum must be in [0, 1), got 1.0"),
         ({"momentum": 1.5}, "momentum must be in [0, 1), got 1.5"),
@@ -160,7 +192,10 @@ def test_geometry_bank_is_in_the_checkpoint(small_teacher):
         ({"lr": 0}, "lr must be a finite number > 0, got 0"),
         ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),
         ({"val_fraction": 0}, "val_fraction must be in (0, 1)"),
-        ({"method_args": {"kd": {"tau": 4}}}, "method 'kd' has no argument tau; accepted: temperature, alpha"),
+        (
+            {"method_args": {"kd": {"tau": 4}}},
+            "method 'kd' has no argument tau; accepted: temperature, alpha",
+        ),
         ({"method_args": {"fitnet": {}}}, "unknown method 'fitnet'"),
     ],
 )
@@ -172,7 +207,10 @@ def test_bad_profile_values_are_refused_before_training(override, fragment, tmp_
 
 
 def test_unknown_profile_and_parameter(tmp_path):
-    with pytest.raises(ConfigError, match="unknown profile 'papr'; valid profiles: cifar10-cpu, demo, full, paper"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown profile 'papr'; valid profiles: cifar10-compare, cifar10-cpu, demo, full, paper",
+    ):
         config.resolve("papr")
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: digits\nepocs: 3\n")
@@ -182,17 +220,24 @@ def test_unknown_profile_and_parameter(tmp_path):
 
 def test_model_that_does_not_fit_the_dataset_is_refused():
     data = load_dataset("digits")
-    with pytest.raises(ValueError, match="the student has 100 classes and 1 input channels, but digits has 10"):
+    with pytest.raises(
+        ValueError, match="the student has 100 classes and 1 input channels, but digits has 10"
+    ):
         train.check_model_fits(build_model("resnet8", 100, 1), data, "student")
-    with pytest.raises(ValueError, match="the teacher has 10 classes and 3 input channels, but digits has 10 "
-                                         "classes and 1 channels"):
+    with pytest.raises(
+        ValueError,
+        match="the teacher has 10 classes and 3 input channels, but digits has 10 classes and 1 channels",
+    ):
         train.check_model_fits(build_model("resnet8", 10, 3), data, "teacher")
 
 
 def test_teacher_trained_on_another_dataset_is_refused(small_teacher, image_folder):
     cfg = small_teacher.replace(dataset="imagefolder", data_root=str(image_folder[0]), val_fraction=0.25)
-    with pytest.raises(ValueError, match="was trained on digits .*10 classes, 1 channels.*imagefolder "
-                                         r"\(3 classes, 3 channels\)"):
+    with pytest.raises(
+        ValueError,
+        match="was trained on digits .*10 classes, 1 channels.*imagefolder "
+        r"\(3 classes, 3 channels\)",
+    ):
         train.train_student(cfg, "kd", seed=0, progress=False)
 
 
@@ -258,3 +303,17 @@ def test_results_are_not_overwritten_without_force(small_teacher, tmp_path):
         pipeline.run_pipeline(changed, echo=lambda line: None)  # refused before any step runs
     forced = train.train_teacher(changed, force=True, progress=False)
     assert forced["epochs"] == 3 and len(metrics(cfg.teacher_dir)) == 3
+
+
+def test_missing_teacher_centroids_are_computed_again(small_teacher, tmp_path):
+    import shutil
+
+    cfg = small_teacher.replace(runs_dir=str(tmp_path / "runs"))
+    shutil.copytree(small_teacher.teacher_dir, cfg.teacher_dir)
+    original = torch.load(cfg.teacher_dir / "centroids.pt", weights_only=True)["centroids"]
+    (cfg.teacher_dir / "centroids.pt").unlink()
+    train.train_teacher(cfg, progress=False)
+    assert torch.allclose(
+        torch.load(cfg.teacher_dir / "centroids.pt", weights_only=True)["centroids"], original
+    )
+    assert len(metrics(cfg.teacher_dir)) == 2  # not retrained

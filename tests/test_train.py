@@ -19,9 +19,17 @@ TIMING = {"images_per_s", "epoch_time_s", "elapsed_s"}
 @pytest.fixture(scope="module")
 def digits_cfg(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    return config.resolve("demo", runs_dir=str(runs), figures_dir=str(runs / "figures"),
-                          teacher="resnet20", teacher_width=1.0, teacher_epochs=8,
-                          student="resnet8", student_width=0.5, epochs=4)
+    return config.resolve(
+        "demo",
+        runs_dir=str(runs),
+        figures_dir=str(runs / "figures"),
+        teacher="resnet20",
+        teacher_width=1.0,
+        teacher_epochs=8,
+        student="resnet8",
+        student_width=0.5,
+        epochs=4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,10 @@ def rows(folder):
 
 
 def test_teacher_reaches_90_percent_on_digits(teacher_summary, digits_cfg):
-    print(f"digits teacher: {teacher_summary['wall_time_s']:.1f} s for {teacher_summary['epochs']} epochs, "
-          f"test {100 * teacher_summary['test_acc_at_best_val']:.1f}%")
+    print(
+        f"digits teacher: {teacher_summary['wall_time_s']:.1f} s for {teacher_summary['epochs']} epochs, "
+        f"test {100 * teacher_summary['test_acc_at_best_val']:.1f}%"
+    )
     assert teacher_summary["test_acc_at_best_val"] >= 0.90
     folder = digits_cfg.teacher_dir
     centroids = torch.load(folder / "centroids.pt", weights_only=True)["centroids"]
@@ -45,8 +55,16 @@ def test_teacher_reaches_90_percent_on_digits(teacher_summary, digits_cfg):
 
 def test_run_folder_holds_everything(teacher_summary, digits_cfg):
     folder = digits_cfg.teacher_dir
-    for name in ("config.json", "environment.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt",
-                 "centroids.pt", "summary.json"):
+    for name in (
+        "config.json",
+        "environment.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "last.pt",
+        "best.pt",
+        "centroids.pt",
+        "summary.json",
+    ):
         assert (folder / name).is_file(), name
     environment = json.loads((folder / "environment.json").read_text())
     assert environment["torch_build"] == torch.__version__
@@ -62,7 +80,9 @@ def test_run_folder_holds_everything(teacher_summary, digits_cfg):
     assert teacher_summary["best_val_epoch"] == best["epoch"]
     assert teacher_summary["test_acc_at_best_val"] == best["test_acc"]
     assert teacher_summary["test_acc_last"] == epochs[-1]["test_acc"]
-    assert teacher_summary["best_test_acc_during_training_paper_comparable"] == max(r["test_acc"] for r in epochs)
+    assert teacher_summary["best_test_acc_during_training_paper_comparable"] == max(
+        r["test_acc"] for r in epochs
+    )
 
 
 @pytest.mark.parametrize("method", ["baseline", "kd", "feature", "geometry", "kd+geometry"])
@@ -82,13 +102,18 @@ def test_same_seed_gives_identical_metrics(teacher_summary, digits_cfg, tmp_path
         run_cfg = cfg.replace(runs_dir=str(tmp_path / attempt))
         shutil.copytree(digits_cfg.teacher_dir, run_cfg.teacher_dir)
         train.train_student(run_cfg, "kd+geometry", seed=3, progress=False)
-        results.append([{k: v for k, v in row.items() if k not in TIMING}
-                        for row in rows(run_cfg.student_dir("kd+geometry", 3))])
+        results.append(
+            [
+                {k: v for k, v in row.items() if k not in TIMING}
+                for row in rows(run_cfg.student_dir("kd+geometry", 3))
+            ]
+        )
     assert results[0] == results[1]
     other = cfg.replace(runs_dir=str(tmp_path / "a"))
     train.train_student(other, "kd+geometry", seed=4, progress=False)
-    changed = [{k: v for k, v in row.items() if k not in TIMING}
-               for row in rows(other.student_dir("kd+geometry", 4))]
+    changed = [
+        {k: v for k, v in row.items() if k not in TIMING} for row in rows(other.student_dir("kd+geometry", 4))
+    ]
     assert changed != results[0]
 
 
@@ -119,7 +144,7 @@ def test_random_crop_flip_keeps_pixels_of_the_padded_image():
     out = random_crop_flip(images, padding=1, flip=True, generator=generator)
     padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
     for n in range(2):
-        crops = [padded[n, :, y:y + 4, x:x + 4] for y in range(3) for x in range(3)]
+        crops = [padded[n, :, y : y + 4, x : x + 4] for y in range(3) for x in range(3)]
         candidates = crops + [c.flip(2) for c in crops]
         assert any(torch.equal(out[n], c) for c in candidates)
     assert torch.equal(random_crop_flip(images, 0, False, generator), images)

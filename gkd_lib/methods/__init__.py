@@ -23,8 +23,10 @@ __all__ = ["METHODS", "Method", "MethodContext", "Outputs", "build_methods", "sp
 def split_spec(spec: str) -> list[str]:
     """'kd+geometry' -> ['kd', 'geometry'], each checked against the registry."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"a method spec is a name or names joined by '+', got {spec!r}; "
-                         f"valid methods: {', '.join(METHODS.names())}")
+        raise ValueError(
+            f"a method spec is a name or names joined by '+', got {spec!r}; "
+            f"valid methods: {', '.join(METHODS.names())}"
+        )
     names = [part.strip() for part in spec.split("+")]
     for name in names:
         METHODS.get(name)

@@ -20,8 +20,9 @@ def _kl(log_p_student, p_teacher):
 class DKD(Method):
     """CE + ramp * T^2 (alpha TCKD + beta NCKD); defaults alpha 1, beta 8, T 4, warm-up 20 epochs."""
 
-    def __init__(self, context, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 warmup: int = 20):
+    def __init__(
+        self, context, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20
+    ):
         super().__init__()
         self.alpha = check_weight("dkd alpha", alpha)
         self.beta = check_weight("dkd beta", beta)

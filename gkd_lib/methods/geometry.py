@@ -26,8 +26,14 @@ CENTROID_MODES = ("running", "batch")
 class Geometry(Method):
     """CE + weight * mean over pairs of (G^S_ij - G^T_ij)^2."""
 
-    def __init__(self, context, weight: float = 10.0, momentum: float = 0.9,
-                 similarity: str = "cosine", centroids: str = "running"):
+    def __init__(
+        self,
+        context,
+        weight: float = 10.0,
+        momentum: float = 0.9,
+        similarity: str = "cosine",
+        centroids: str = "running",
+    ):
         super().__init__()
         self.weight = check_weight("geometry weight", weight)
         self.momentum = check_momentum("geometry momentum", momentum)
@@ -48,8 +54,9 @@ class Geometry(Method):
                     f"the teacher's centroids cover {teacher_centroids.shape[0]} classes, "
                     f"but the dataset has {context.num_classes}"
                 )
-            self.register_buffer("teacher_relation",
-                                 relation_matrix(teacher_centroids.float(), self.similarity))
+            self.register_buffer(
+                "teacher_relation", relation_matrix(teacher_centroids.float(), self.similarity)
+            )
         self.register_buffer("bank", torch.zeros(context.num_classes, context.student_dim))
         self.register_buffer("seen", torch.zeros(context.num_classes, dtype=torch.bool))
 
