@@ -46,16 +46,55 @@ def _label_size(num_classes: int) -> float:
     return float(np.clip(220 / max(num_classes, 1), 3.5, 10))
 
 
+LEGIBLE_CLASSES = 30  # beyond this many classes the overview drops its tick labels
+
+
+def _relation_panels(relations: dict[str, np.ndarray], teacher_key: str):
+    """The teacher's clustered order, each matrix and difference in it, and shared colour limits."""
+    order = clustered_order(relations[teacher_key])
+    ordered = {name: np.asarray(m, dtype=float)[np.ix_(order, order)] for name, m in relations.items()}
+    differences = {name: m - ordered[teacher_key] for name, m in ordered.items() if name != teacher_key}
+    for matrix in (*ordered.values(), *differences.values()):
+        np.fill_diagonal(matrix, np.nan)
+    off = np.concatenate([off_diagonal(np.asarray(m)) for m in relations.values()])
+    limits = {
+        "relation": (np.percentile(off, 1), np.percentile(off, 99)),
+        "difference": max([np.nanmax(np.abs(d)) for d in differences.values()] + [1e-6]),
+    }
+    return order, ordered, differences, limits
+
+
+def _heatmap(matrix, axis, kind, limits, labels, show_y, colorbar_axis=None):
+    if kind == "relation":
+        style = {"cmap": "viridis", "vmin": limits["relation"][0], "vmax": limits["relation"][1]}
+        label = "cosine similarity"
+    else:
+        style = {"cmap": "RdBu_r", "vmin": -limits["difference"], "vmax": limits["difference"]}
+        label = "student − teacher"
+    sns.heatmap(
+        matrix,
+        ax=axis,
+        square=True,
+        xticklabels=labels if labels is not None else False,
+        yticklabels=labels if (labels is not None and show_y) else False,
+        cbar=colorbar_axis is not None,
+        cbar_ax=colorbar_axis,
+        cbar_kws={"label": label},
+        **style,
+    )
+
+
 def relation_heatmaps(relations: dict[str, np.ndarray], class_names, teacher_key: str = "teacher"):
     """Top row: each model's relation matrix; bottom row: each student minus the teacher.
 
-    All panels share the teacher's clustered class order and one colour scale per row.
+    All panels share the teacher's clustered class order and one colour scale per row. With
+    more than 30 classes the names would not be legible here: `relation_heatmap_pages` draws
+    one large figure per model with every name.
     """
     names = list(relations)
-    order = clustered_order(relations[teacher_key])
-    labels = [class_names[k] for k in order]
-    size = len(labels)
-    panel = 3.2 if size <= 20 else 7.5
+    order, ordered, differences, limits = _relation_panels(relations, teacher_key)
+    labels = [class_names[k] for k in order] if len(order) <= LEGIBLE_CLASSES else None
+    panel = 3.2 if len(order) <= 20 else 6.0
     figure, axes = plt.subplots(
         2,
         len(names) + 1,
@@ -63,30 +102,16 @@ def relation_heatmaps(relations: dict[str, np.ndarray], class_names, teacher_key
         squeeze=False,
         gridspec_kw={"width_ratios": [1] * len(names) + [0.04]},
     )
-    off = np.concatenate([off_diagonal(m) for m in relations.values()])
-    low, high = np.percentile(off, 1), np.percentile(off, 99)
-    teacher = np.asarray(relations[teacher_key])[np.ix_(order, order)]
-    differences = {
-        n: np.asarray(relations[n])[np.ix_(order, order)] - teacher for n in names if n != teacher_key
-    }
-    limit = max([np.abs(off_diagonal(d)).max() for d in differences.values()] + [1e-6])
-    font = _label_size(size)
-
+    first_student = next(i for i, n in enumerate(names) if n != teacher_key)
     for column, name in enumerate(names):
-        matrix = np.asarray(relations[name])[np.ix_(order, order)].copy()
-        np.fill_diagonal(matrix, np.nan)
-        sns.heatmap(
-            matrix,
-            ax=axes[0, column],
-            cmap="viridis",
-            vmin=low,
-            vmax=high,
-            square=True,
-            xticklabels=labels,
-            yticklabels=labels if column == 0 else False,
-            cbar=column == 0,
-            cbar_ax=axes[0, -1],
-            cbar_kws={"label": "cosine similarity"},
+        _heatmap(
+            ordered[name],
+            axes[0, column],
+            "relation",
+            limits,
+            labels,
+            column == 0,
+            axes[0, -1] if column == 0 else None,
         )
         axes[0, column].set_title(name)
         if name == teacher_key:
@@ -101,31 +126,54 @@ def relation_heatmaps(relations: dict[str, np.ndarray], class_names, teacher_key
                 transform=axes[1, column].transAxes,
             )
             continue
-        difference = differences[name].copy()
-        np.fill_diagonal(difference, np.nan)
-        first = column == next(i for i, n in enumerate(names) if n != teacher_key)
-        sns.heatmap(
-            difference,
-            ax=axes[1, column],
-            cmap="RdBu_r",
-            vmin=-limit,
-            vmax=limit,
-            square=True,
-            xticklabels=labels,
-            yticklabels=labels if first else False,
-            cbar=first,
-            cbar_ax=axes[1, -1],
-            cbar_kws={"label": "student − teacher"},
+        first = column == first_student
+        _heatmap(
+            differences[name],
+            axes[1, column],
+            "difference",
+            limits,
+            labels,
+            first,
+            axes[1, -1] if first else None,
         )
         axes[1, column].set_title(f"{name} − {teacher_key}")
     for axis in axes[:, :-1].flat:
-        axis.tick_params(labelsize=font, length=0)
-    figure.suptitle(
-        "Relation matrices of class centroids (test set, cosine; classes in the teacher's clustered order)",
-        y=1.0,
+        axis.tick_params(labelsize=_label_size(len(order)), length=0)
+    title = (
+        "Relation matrices of class centroids (test set, cosine; classes in the teacher's clustered order)"
     )
+    if labels is None:
+        title += "\nclass names: the relation_heatmap_<model> figures"
+    figure.suptitle(title, y=1.0)
     figure.tight_layout()
     return figure
+
+
+def relation_heatmap_pages(relations: dict[str, np.ndarray], class_names, teacher_key: str = "teacher"):
+    """One large figure per model, every class named: the teacher's matrix, and for each student
+    its matrix beside its difference from the teacher (same order and colours as the overview)."""
+    order, ordered, differences, limits = _relation_panels(relations, teacher_key)
+    labels = [class_names[k] for k in order]
+    side = max(6.0, 0.16 * len(order))
+    pages = {}
+    for name in relations:
+        panels = [("relation", ordered[name], name)]
+        if name != teacher_key:
+            panels.append(("difference", differences[name], f"{name} − {teacher_key}"))
+        figure, axes = plt.subplots(1, len(panels), figsize=(side * len(panels) + 2, side + 1), squeeze=False)
+        for axis, (kind, matrix, title) in zip(axes[0], panels, strict=True):
+            _heatmap(matrix, axis, kind, limits, labels, True, None)
+            axis.collections[0].figure.colorbar(
+                axis.collections[0],
+                ax=axis,
+                shrink=0.6,
+                label="cosine similarity" if kind == "relation" else "student − teacher",
+            )
+            axis.set_title(title)
+            axis.tick_params(labelsize=6.5, length=0)
+        figure.tight_layout()
+        pages[name] = figure
+    return pages
 
 
 def class_palette(num_classes: int):
