@@ -59,6 +59,26 @@ class TensorBatches:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
+    @classmethod
+    def of_split(cls, data, split: str, *, batch_size: int, device: torch.device) -> TensorBatches:
+        """The batches of one split of an ImageData; only "train" is augmented."""
+        images, labels = {
+            "train": (data.train_images, data.train_labels),
+            "val": (data.val_images, data.val_labels),
+            "test": (data.test_images, data.test_labels),
+        }[split]
+        augment = split == "train"
+        return cls(
+            images,
+            labels,
+            data.mean,
+            data.std,
+            batch_size=batch_size,
+            device=device,
+            padding=data.crop_padding if augment else 0,
+            flip=data.flip and augment,
+        )
+
     def __len__(self) -> int:
         """Training batches per epoch: the last incomplete batch is dropped (BatchNorm, compile)."""
         return max(1, len(self.labels) // self.batch_size)

@@ -103,16 +103,7 @@ class ProjectLoop:
         self.optimizer = torch.optim.SGD(
             self.distiller.trainable_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
         )
-        self.batches = TensorBatches(
-            data.train_images,
-            data.train_labels,
-            data.mean,
-            data.std,
-            batch_size=args.batch_size,
-            device=device,
-            padding=data.crop_padding,
-            flip=data.flip,
-        )
+        self.batches = TensorBatches.of_split(data, "train", batch_size=args.batch_size, device=device)
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.stream = self._forever()
 

@@ -377,21 +377,9 @@ def fit(
 
 def _fit_locked(run, distiller, data, cfg, device, info, progress, after_training) -> dict:
     folder = run.folder
-    train = TensorBatches(
-        data.train_images,
-        data.train_labels,
-        data.mean,
-        data.std,
-        batch_size=cfg.batch_size,
-        device=device,
-        padding=data.crop_padding,
-        flip=data.flip,
-    )
-    val = TensorBatches(
-        data.val_images, data.val_labels, data.mean, data.std, batch_size=cfg.batch_size, device=device
-    )
-    test = TensorBatches(
-        data.test_images, data.test_labels, data.mean, data.std, batch_size=cfg.batch_size, device=device
+    train, val, test = (
+        TensorBatches.of_split(data, split, batch_size=cfg.batch_size, device=device)
+        for split in ("train", "val", "test")
     )
 
     distiller.to(device, memory_format=torch.channels_last)
