@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,9 +183,24 @@ def from_notebook(namespace: dict) -> Config:
     return resolve(namespace.get("profile") or "demo", **overrides)
 
 
+# PyYAML reads exponent numbers without a dot (5e-4) as text; they are numbers here.
+_EXPONENT_NUMBER = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")
+
+
+def _number(value):
+    return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.match(value) else value
+
+
 def _normalise(data: dict) -> dict:
-    """YAML lists -> tuples, so that a Config is hashable and comparable."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    """YAML lists -> tuples (a Config compares by value); 5e-4 written without a dot -> a number."""
+    normal = {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = tuple(_number(v) for v in value)
+        elif key == "method_args" and isinstance(value, dict):
+            value = {m: {k: _number(v) for k, v in (a or {}).items()} for m, a in value.items()}
+        normal[key] = _number(value)
+    return normal
 
 
 def validate(cfg: Config) -> Config:

@@ -317,3 +317,17 @@ def test_missing_teacher_centroids_are_computed_again(small_teacher, tmp_path):
         torch.load(cfg.teacher_dir / "centroids.pt", weights_only=True)["centroids"], original
     )
     assert len(metrics(cfg.teacher_dir)) == 2  # not retrained
+
+
+def test_exponent_numbers_written_without_a_dot_are_numbers(tmp_path):
+    # PyYAML reads 5e-4 (no dot) as the string "5e-4"; a researcher means the number.
+    profile = tmp_path / "exp.yaml"
+    profile.write_text(
+        "dataset: digits\nweight_decay: 5e-4\nlr: 1e-1\nmethod_args: {geometry: {weight: 3e1}}\n"
+        "sweep_weights: [0, 1e2]\n"
+    )
+    cfg = config.resolve(profile)
+    assert (cfg.weight_decay, cfg.lr, cfg.sweep_weights) == (5e-4, 0.1, (0, 100.0))
+    assert cfg.method_args == {"geometry": {"weight": 30.0}}
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0, got 'fast'"):
+        config.resolve(profile, lr="fast")
