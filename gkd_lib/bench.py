@@ -239,6 +239,11 @@ def run_benchmark(args, echo=print) -> dict:
         dataset_name = write_synthetic_cifar(root, args.images, args.classes)
     try:
         data = load_dataset(dataset_name, root)
+        if len(data.train_labels) < args.batch_size:
+            raise ValueError(
+                f"the benchmark needs at least one full batch: {len(data.train_labels)} training images "
+                f"for --batch-size {args.batch_size}; give --images >= {args.batch_size}"
+            )
         student, teacher, methods = _models(args, data, device)
         reference_models = copy.deepcopy((student, teacher, methods))
         project = ProjectLoop(args, data, student, teacher, methods, device)
@@ -289,6 +294,20 @@ def run_benchmark(args, echo=print) -> dict:
     }
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gkd_lib.bench",
@@ -299,11 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=float, default=1.0, help="student width multiplier (small ResNets)")
     parser.add_argument("--teacher", help="teacher model, for methods that read it (kd, feature, ...)")
     parser.add_argument("--method", default="baseline", help="method spec, e.g. geometry or kd+geometry")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=_positive, default=128)
     parser.add_argument(
         "--classes", type=int, default=100, choices=(10, 100), help="synthetic CIFAR-10 or -100"
     )
-    parser.add_argument("--images", type=int, default=4096, help="synthetic training images")
+    parser.add_argument("--images", type=_positive, default=4096, help="synthetic training images")
     parser.add_argument(
         "--data-root", help="use real CIFAR files under this folder instead of synthetic ones"
     )
@@ -312,16 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (default 2)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--workers", type=_not_negative, default=2, help="reference DataLoader workers (default 2)"
+    )
+    parser.add_argument("--steps", type=_positive, default=20, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=_not_negative, default=3, help="untimed steps before each timing")
+    parser.add_argument("--repeats", type=_positive, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the project's step")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_benchmark(build_parser().parse_args(argv))
+    try:
+        run_benchmark(build_parser().parse_args(argv))
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

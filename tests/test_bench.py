@@ -52,3 +52,16 @@ def test_synthetic_cifar_loads_through_the_real_reader(tmp_path):
     name = bench.write_synthetic_cifar(tmp_path, images=300, classes=100)
     data = load_dataset(name, tmp_path)
     assert name == "cifar100" and len(data.train_labels) == 300 and data.num_classes == 100
+
+
+def test_fewer_images_than_a_batch_is_refused(capsys):
+    import pytest
+
+    args = bench.build_parser().parse_args(
+        ["--model", "resnet8", "--classes", "10", "--images", "10", "--batch-size", "32", "--workers", "0"]
+    )
+    with pytest.raises(ValueError, match="at least one full batch: 10 training images for --batch-size 32"):
+        bench.run_benchmark(args)
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--batch-size", "0"])
+    assert "must be a whole number >= 1, got 0" in capsys.readouterr().err
