@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m ipykernel install --user --name gkd --display-name "Python (gkd)"
+	$(PY) -m ipykernel install --sys-prefix --name gkd --display-name "Python (gkd)"
 	@touch $@
 
 env: $(VENV)/.installed

@@ -86,12 +86,18 @@ def _models(args, data, device):
     if args.teacher:
         teacher = build_model(args.teacher, data.num_classes, data.in_channels).eval()
     with torch.no_grad():
-        embedding, _ = (teacher or student)(torch.zeros(2, data.in_channels, 32, 32))
+        embedding, _ = (teacher or student)(
+            torch.zeros(2, data.in_channels, data.image_size, data.image_size)
+        )
     centroids = torch.randn(data.num_classes, embedding.shape[1])
     context = MethodContext(
         data.num_classes, student.embedding_dim, teacher.embedding_dim if teacher else None, centroids
     )
     methods = build_methods(args.method, {}, context)
+    if teacher is None and any(method.needs_teacher for method in methods):
+        raise ValueError(
+            f"method {args.method} reads the teacher's outputs: give --teacher, e.g. --teacher resnet20"
+        )
     return student, teacher, methods
 
 
@@ -127,16 +133,19 @@ class ReferenceLoop:
 
         from gkd_lib.datasets import _without_checksums
 
-        reader = _without_checksums(tv.CIFAR10 if dataset_name == "cifar10" else tv.CIFAR100)
         transform = T.Compose(
             [
-                T.RandomCrop(32, padding=4),
+                T.RandomCrop(data.image_size, padding=data.crop_padding),
                 T.RandomHorizontalFlip(),
                 T.ToTensor(),
                 T.Normalize(data.mean, data.std),
             ]
         )
-        dataset = reader(str(root), train=True, transform=transform)
+        if dataset_name == "imagefolder":  # JPEG or PNG files, decoded by PIL every time
+            dataset = tv.ImageFolder(str(root / "train"), transform=transform)
+        else:
+            reader = _without_checksums(tv.CIFAR10 if dataset_name == "cifar10" else tv.CIFAR100)
+            dataset = reader(str(root), train=True, transform=transform)
         self.loader = DataLoader(
             dataset,
             batch_size=args.batch_size,
@@ -323,11 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", type=int, default=100, choices=(10, 100), help="synthetic CIFAR-10 or -100"
     )
     parser.add_argument("--images", type=_positive, default=4096, help="synthetic training images")
+    parser.add_argument("--data-root", help="use real images under this folder instead of synthetic ones")
     parser.add_argument(
-        "--data-root", help="use real CIFAR files under this folder instead of synthetic ones"
-    )
-    parser.add_argument(
-        "--dataset", default="cifar100", choices=("cifar10", "cifar100"), help="with --data-root: which CIFAR"
+        "--dataset",
+        default="cifar100",
+        choices=("cifar10", "cifar100", "imagefolder"),
+        help="with --data-root: CIFAR files, or a folder of train/<class>/ images (the CIFAR-10 JPEGs)",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")

@@ -111,6 +111,8 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+LIST_FIELDS = [name for name, f in FIELDS.items() if isinstance(f.default, tuple)]
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def in_repo(path: str | os.PathLike) -> Path:
@@ -148,7 +150,10 @@ def load_profile(profile: str | os.PathLike) -> dict:
     """The raw parameters of a profile, with its keys checked."""
     path = profile_path(profile)
     with open(path) as handle:
-        data = yaml.safe_load(handle) or {}
+        try:
+            data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"profile {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"profile {path} must be a mapping of parameter names to values")
     check_keys(data, f"profile {path}")
@@ -208,15 +213,35 @@ def validate(cfg: Config) -> Config:
     import torch
 
     from gkd_lib.datasets import DATASETS
-    from gkd_lib.methods import MethodContext, build_methods, check_method_args
+    from gkd_lib.methods import MethodContext, build_methods, canonical_spec, check_method_args, split_spec
     from gkd_lib.models import MODELS
 
+    for name in LIST_FIELDS:
+        if not isinstance(getattr(cfg, name), tuple):
+            example = {"seeds": "[0, 1, 2]", "methods": "[baseline, kd]"}.get(name, "[...]")
+            raise ConfigError(f"{name} must be a list, for example {example}; got {getattr(cfg, name)!r}")
+    if not _PROFILE_NAME.match(str(cfg.profile)):
+        raise ConfigError(
+            f"profile name {cfg.profile!r} names folders (runs/<profile>, figures/<profile>): use letters, "
+            "digits, '-', '_' and '.', not a path"
+        )
     DATASETS.get(cfg.dataset)
     MODELS.get(cfg.teacher)
     MODELS.get(cfg.student)
     if not cfg.methods:
         raise ConfigError("methods is empty; list at least one method, for example [baseline]")
+    arms = {}
+    for spec in cfg.methods:
+        key = frozenset(split_spec(spec))
+        if key in arms:
+            raise ConfigError(f"methods lists the same arm twice: {arms[key]!r} and {spec!r}")
+        arms[key] = spec
+    for name in ("seeds", "sweep_weights", "sweep_centroids"):
+        values = getattr(cfg, name)
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{name} lists a value twice: {list(values)}")
     check_method_args(cfg.method_args)
+    cfg = dataclasses.replace(cfg, methods=tuple(canonical_spec(spec) for spec in cfg.methods))
     # Building each arm's methods on a toy context checks every argument's value now,
     # not hours later when that arm's turn comes.
     toy = MethodContext(num_classes=2, student_dim=2, teacher_dim=2, teacher_centroids=torch.eye(2))
@@ -254,6 +279,11 @@ def validate(cfg: Config) -> Config:
         _check_number("sweep_weights", weight, low=0)
     for mode in cfg.sweep_centroids:
         _check_choice("sweep_centroids", mode, ("running", "batch"))
+    if cfg.use_sweep_best and not any(weight > 0 for weight in cfg.sweep_weights):
+        raise ConfigError(
+            "use_sweep_best needs a lambda sweep with a weight above 0; "
+            f"sweep_weights is {list(cfg.sweep_weights)}"
+        )
     return cfg
 
 

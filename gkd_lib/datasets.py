@@ -27,6 +27,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from gkd_lib.registry import Registry
+from gkd_lib.runs import bars_disabled
 
 DATASETS: Registry = Registry("dataset")
 
@@ -53,6 +54,9 @@ class ImageData:
     flip: bool  # whether a horizontal flip is a valid augmentation
     val_images: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"ImageData({self.summary()})"
 
     @property
     def num_classes(self) -> int:
@@ -90,30 +94,56 @@ def cache_dir() -> Path:
     return Path(base) / "gkd"
 
 
-SHAPES = {  # classes, channels, image size: what a dry run needs to build models without the data
-    "cifar100": (100, 3, 32),
-    "cifar10": (10, 3, 32),
-    "fashion_mnist": (10, 1, 28),
-    "digits": (10, 1, 8),
+SHAPES = {  # classes, channels, image size, train and test images: what a dry run needs without the data
+    "cifar100": (100, 3, 32, 50000, 10000),
+    "cifar10": (10, 3, 32, 50000, 10000),
+    "fashion_mnist": (10, 1, 28, 60000, 10000),
+    "digits": (10, 1, 8, 1437, 360),
+}
+OFFICIAL_FOLDERS = {
+    "cifar100": "cifar-100-python",
+    "cifar10": "cifar-10-batches-py",
+    "fashion_mnist": "FashionMNIST/raw",
 }
 
 
-def describe(name: str, root: str | os.PathLike | None = None) -> tuple[int, int, int]:
-    """(classes, channels, image size) of a dataset, without loading its images."""
+def describe(name: str, root: str | os.PathLike | None = None) -> tuple[int, int, int, int, int]:
+    """(classes, channels, image size, train images, test images) without decoding any image."""
     DATASETS.get(name)
     if name in SHAPES:
         return SHAPES[name]
-    folder = resolve_data_root(root) / "train"
-    classes = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if not classes:
+    folder = resolve_data_root(root)
+    splits = {
+        split: sorted(p for p in (folder / split).iterdir() if p.is_dir())
+        if (folder / split).is_dir()
+        else []
+        for split in ("train", "test")
+    }
+    if not splits["train"]:
         raise _missing(
-            name, folder.parent, downloadable=False, extra="Its class folders give the number of classes. "
+            name, folder, downloadable=False, extra="Its class folders give the number of classes. "
         )
     from PIL import Image
 
-    first = next(p for p in sorted(classes[0].iterdir()) if p.is_file())
+    first = next(p for p in sorted(splits["train"][0].iterdir()) if p.is_file())
     with Image.open(first) as image:
-        return len(classes), 3, image.size[0]
+        size = image.size[0]
+    counts = [
+        sum(1 for c in splits[split] for p in c.iterdir() if p.is_file()) for split in ("train", "test")
+    ]
+    return len(splits["train"]), 3, size, *counts
+
+
+def data_present(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether a dataset's files are where a real run will look (digits always are)."""
+    if name == "digits":
+        return True
+    root = resolve_data_root(root)
+    if name == "imagefolder":
+        return (root / "train").is_dir() and (root / "test").is_dir()
+    if name == "fashion_mnist" and FASHION_MNIST_SYSTEM_DIR.is_dir():
+        return True
+    return (root / OFFICIAL_FOLDERS[name]).is_dir()
 
 
 def load_dataset(
@@ -136,20 +166,47 @@ def load_dataset(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     data = loader(resolve_data_root(root), download=download)
-    if train_subset:
-        images, labels = _stratified_subset(data.train_images, data.train_labels, train_subset, seed)
+    if train_subset is not None:
+        images, labels = _stratified_subset(
+            data.train_images, data.train_labels, train_subset, seed, "train_subset"
+        )
         data = replace(data, train_images=images, train_labels=labels)
-    if test_subset:
-        images, labels = _stratified_subset(data.test_images, data.test_labels, test_subset, seed)
+    if test_subset is not None:
+        images, labels = _stratified_subset(
+            data.test_images, data.test_labels, test_subset, seed, "test_subset"
+        )
         data = replace(data, test_images=images, test_labels=labels)
     if val_fraction > 0:
         data = _hold_out_validation(data, val_fraction, seed)
     return data
 
 
-def _stratified_subset(images, labels, size: int, seed: int):
-    if not 0 < size <= len(labels):
-        raise ValueError(f"subset size must be in 1..{len(labels)}, got {size!r}")
+def check_subset(name: str, size, total: int, classes: int) -> None:
+    """A stratified subset needs one image per class on each side of the split, or all the images."""
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int)
+        or not (classes <= size <= total - classes or size == total)
+    ):
+        raise ValueError(
+            f"{name} must be a whole number from {classes} (one image per class) to {total - classes}, "
+            f"or {total} (all the images); got {size!r}"
+        )
+
+
+def check_validation_split(fraction: float, images: int, classes: int) -> None:
+    """Both sides of the validation split need at least one image per class."""
+    held_out = int(np.ceil(fraction * images))
+    if held_out < classes or images - held_out < classes:
+        raise ValueError(
+            f"a validation split of {fraction:g} of {images} training images gives {held_out} "
+            f"validation and {images - held_out} training images; each needs at least one per class "
+            f"({classes}): use more training images (train_subset) or another val_fraction"
+        )
+
+
+def _stratified_subset(images, labels, size: int, seed: int, name: str):
+    check_subset(name, size, len(labels), len(torch.unique(labels)))
     if size == len(labels):
         return images, labels
     keep, _ = train_test_split(
@@ -161,6 +218,7 @@ def _stratified_subset(images, labels, size: int, seed: int):
 
 def _hold_out_validation(data: ImageData, fraction: float, seed: int) -> ImageData:
     labels = data.train_labels.numpy()
+    check_validation_split(fraction, len(labels), data.num_classes)
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed
     )
@@ -386,7 +444,10 @@ def _folder_key(root: Path, samples) -> str:
 
 def _decode(folder, split: str) -> tuple[np.ndarray, np.ndarray]:
     images, first_shape = [], None
-    for path, _ in tqdm(folder.samples, desc=f"decoding {split} images", unit="img", leave=False):
+    bar = tqdm(
+        folder.samples, desc=f"decoding {split} images", unit="img", leave=False, disable=bars_disabled()
+    )
+    for path, _ in bar:
         array = np.asarray(folder.loader(path))
         if first_shape is None:
             first_shape = array.shape

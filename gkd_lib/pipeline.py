@@ -91,8 +91,12 @@ def execute(
         progress_bar=False,
         log_output=log_output,
         cwd=str(REPO_ROOT),
-        # the kernel's own start-up warnings would clutter the step lines
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        # The kernel's start-up warnings would clutter the step lines, and progress bars the
+        # executed notebooks: each epoch's summary line says what a bar would.
+        extra_arguments=[
+            "--IPKernelApp.log_level=ERROR",
+            "--IPKernelApp.exec_lines=import os; os.environ['TQDM_DISABLE'] = '1'",
+        ],
     )
 
 
@@ -206,6 +210,20 @@ def sweep_analysis_steps(cfg: Config, force: bool) -> list[Step]:
     ]
 
 
+def _covers(table: Path, cfg: Config, teacher: bool) -> bool:
+    """Whether a results table holds exactly the profile's finished runs (arms removed since count)."""
+    import pandas as pd
+
+    from gkd_lib.analysis import student_runs
+
+    runs = student_runs(cfg)
+    frame = pd.read_csv(table)
+    if teacher:  # geometry.csv: one row per run
+        expected = {("teacher", cfg.teacher_seed)} | {(run.arm, run.seed) for run in runs}
+        return set(zip(frame["arm"], frame["seed"], strict=True)) == expected
+    return list(frame["arm"]) == ["teacher", *dict.fromkeys(run.arm for run in runs)]
+
+
 def _summaries(cfg: Config) -> list[Path]:
     return [cfg.teacher_dir / "summary.json"] + [
         cfg.student_dir(arm, seed) / "summary.json" for arm in cfg.methods for seed in cfg.seeds
@@ -221,7 +239,7 @@ def analysis_steps(cfg: Config, force: bool) -> list[Step]:
             NOTEBOOKS["analysis"],
             cfg.profile_dir / "notebooks" / "03_geometry_analysis.ipynb",
             _base_parameters(cfg, force),
-            lambda: not force and _newer([output], _summaries(cfg)),
+            lambda: not force and _newer([output], _summaries(cfg)) and _covers(output, cfg, teacher=True),
         )
     ]
 
@@ -239,7 +257,7 @@ def report_steps(cfg: Config, force: bool) -> list[Step]:
             NOTEBOOKS["report"],
             cfg.profile_dir / "notebooks" / "04_report.ipynb",
             _base_parameters(cfg, force),
-            lambda: not force and _newer(outputs, inputs),
+            lambda: not force and _newer(outputs, inputs) and _covers(outputs[1], cfg, teacher=False),
         )
     ]
 
@@ -381,7 +399,8 @@ def run_pipeline(
 ) -> Path | None:
     """Run the study of `cfg`; returns the HTML report (None when the report did not run)."""
     ensure_writable(cfg.profile_dir)
-    ensure_writable(cfg.figure_dir)
+    ensure_writable(cfg.figure_dir, "figures_dir, --figures")
+    _check_devices(cfg, devices, echo)
     devices = devices or _cpu_workers(cfg, echo)
     with locked(cfg.profile_dir, "pipeline"):
         started = time.perf_counter()
@@ -389,11 +408,13 @@ def run_pipeline(
         snapshot = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         atomic_write_bytes(snapshot_path(cfg), lambda handle: handle.write(snapshot.encode()))
         stages = [only] if only else list(STAGES)
+        planned = 0
         for index, (stage, _) in enumerate(plan(cfg, force)):
             if stage not in stages:
                 continue
             # Planned phase by phase: the students may depend on the sweep's result.
             steps = plan(cfg, force)[index][1]
+            planned += len(steps)
             # A sweep point that diverges (a weight too large) is a result, not a reason to stop.
             run_stage(
                 steps,
@@ -402,6 +423,11 @@ def run_pipeline(
                 log_output=log_output,
                 echo=echo,
                 tolerate=lambda step: step.stage == "sweep" and step.notebook == NOTEBOOKS["student"],
+            )
+        if only and not planned:
+            echo(
+                f"[none] stage {only!r} has no steps in profile {cfg.profile}"
+                + (" (its sweep_weights is empty)" if only == "sweep" else "")
             )
         html = None
         if "report" in stages:
@@ -413,6 +439,30 @@ def run_pipeline(
             + (f"; report: {html}" if html else "")
         )
         return html
+
+
+def _check_devices(cfg: Config, devices: list[str] | None, echo) -> None:
+    """Refuse --devices that do not exist here; warn when the profile asks for CUDA on a machine without."""
+    import torch
+
+    for device in devices or []:
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(
+                f"--devices: {device!r} is not a device; use names such as cpu, cuda:0, cuda:1"
+            ) from None
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--devices {device}: CUDA is not available on this machine")
+        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--devices {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        echo(
+            f"warning: the profile asks for device {cfg.device!r}, but CUDA is not available: "
+            "every run will train on the CPU"
+        )
 
 
 def _cpu_workers(cfg: Config, echo) -> list[str] | None:
@@ -458,14 +508,28 @@ def dry_run(cfg: Config, echo=print) -> list[Step]:
     """
     import torch
 
-    from gkd_lib.datasets import describe
+    from gkd_lib.datasets import check_subset, check_validation_split, data_present, describe
     from gkd_lib.distiller import Distiller
     from gkd_lib.methods import MethodContext, build_methods
     from gkd_lib.models import build_model, count_parameters
 
-    num_classes, channels, size = describe(cfg.dataset, cfg.resolved_data_root)
+    num_classes, channels, size, train_images, test_images = describe(cfg.dataset, cfg.resolved_data_root)
+    if cfg.train_subset is not None:
+        check_subset("train_subset", cfg.train_subset, train_images, num_classes)
+        train_images = cfg.train_subset
+    if cfg.test_subset is not None:
+        check_subset("test_subset", cfg.test_subset, test_images, num_classes)
+    check_validation_split(cfg.val_fraction, train_images, num_classes)
+    echo(
+        f"dataset {cfg.dataset}: {num_classes} classes, {channels}x{size}x{size}, "
+        f"{train_images} training images"
+    )
+    if not data_present(cfg.dataset, cfg.resolved_data_root):
+        echo(
+            f"warning: no {cfg.dataset} files under {cfg.resolved_data_root}; a real run needs them there "
+            "(--data-root, GKD_DATA_ROOT, or --set download=true where a network exists)"
+        )
     teacher = build_model(cfg.teacher, num_classes, channels, cfg.teacher_width).eval()
-    echo(f"dataset {cfg.dataset}: {num_classes} classes, {channels}x{size}x{size}")
     echo(f"teacher {cfg.teacher}: {count_parameters(teacher):,} parameters")
     steps = [step for _, phase in plan(cfg) for step in phase]
     images = torch.randn(2, channels, size, size)
@@ -503,11 +567,28 @@ def _parse_set(items: list[str]) -> dict:
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         if key not in FIELDS:
             raise ConfigError(f"--set: unknown parameter {key!r}; valid parameters: {', '.join(FIELDS)}")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({error})") from None
     return overrides
 
 
-def main(argv: list[str] | None = None) -> int:
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The profile with the command line's overrides; paths given there are relative to the cwd."""
+    overrides = _parse_set(args.set)
+    if args.data_root:
+        overrides["data_root"] = str(Path(args.data_root).resolve())
+    if args.out:
+        overrides["runs_dir"] = str(Path(args.out).resolve())
+        # Runs written elsewhere must not overwrite the repository's committed figures.
+        overrides.setdefault("figures_dir", str(Path(args.out).resolve() / "figures"))
+    if args.figures:
+        overrides["figures_dir"] = str(Path(args.figures).resolve())
+    return config_module.resolve(args.profile, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gkd_lib.pipeline",
         description=__doc__.split("\n\n")[0],
@@ -521,7 +602,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-root", help="folder of the dataset (else the profile's, $GKD_DATA_ROOT, data/)"
     )
-    parser.add_argument("--out", help="runs folder (default: runs/ at the repository root)")
+    parser.add_argument(
+        "--out", help="runs folder (default: runs/ at the repository root); figures then go to OUT/figures"
+    )
+    parser.add_argument(
+        "--figures", help="figures folder (default: figures/ at the repository root, or OUT/figures)"
+    )
     parser.add_argument("--only", choices=STAGES, help="run one stage only")
     parser.add_argument(
         "--force", action="store_true", help="rerun steps whose results exist (overwrites them)"
@@ -541,16 +627,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for papermill (default python3)")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     try:
-        overrides = _parse_set(args.set)
-        if args.data_root:
-            overrides["data_root"] = str(Path(args.data_root).resolve())
-        if args.out:
-            overrides["runs_dir"] = str(Path(args.out).resolve())
+        cfg = config_from_args(args)
         devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
-        cfg = config_module.resolve(args.profile, **overrides)
         if args.dry_run:
             dry_run(cfg)
             return 0
@@ -565,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
     except StepFailed as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted: started again with the same parameters, each run resumes from its last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
     except (
         ConfigError,
         FileNotFoundError,

@@ -261,7 +261,7 @@ def centroid_scatter(
 def training_curves(histories: dict[str, list[list[dict]]], key: str, ylabel: str, title: str):
     """One line per arm: the mean over seeds of `key` per epoch, with a band of +-1 std."""
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    palette = sns.color_palette("colorblind", len(histories))
+    palette = sns.color_palette("tab10", len(histories))
     for colour, (name, runs) in zip(palette, histories.items(), strict=False):
         length = min(len(rows) for rows in runs)
         values = np.array([[row[key] for row in rows[:length]] for rows in runs], dtype=float)

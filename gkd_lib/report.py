@@ -178,7 +178,7 @@ def accuracy_vs_geometry(cfg: Config, table: pd.DataFrame):
                     textcoords="offset points",
                     alpha=0.8,
                 )
-    palette = sns.color_palette("colorblind", len(arms))
+    palette = sns.color_palette("tab10", len(arms))
     for colour, (_, row) in zip(palette, arms.iterrows(), strict=False):
         error = row["top1_best_val_std"] if not math.isnan(row["top1_best_val_std"]) else None
         axis.errorbar(

@@ -38,7 +38,13 @@ class RunExistsError(FileExistsError):
     """A run folder already holds results that would be overwritten."""
 
 
-def ensure_writable(folder: Path) -> Path:
+def bars_disabled() -> bool:
+    """Whether progress bars are off: TQDM_DISABLE=1, which the pipeline sets in its kernels
+    (tqdm's notebook bars ignore that variable when `disable` is passed, so it is read here)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+
+def ensure_writable(folder: Path, setting: str = "runs_dir, --out") -> Path:
     """Create `folder` if needed and prove that a file can be written there."""
     folder = Path(folder)
     try:
@@ -48,7 +54,7 @@ def ensure_writable(folder: Path) -> Path:
     except OSError as error:
         raise PermissionError(
             f"cannot write to the output folder {folder} ({error.strerror or error}); "
-            "choose a writable folder (runs_dir, --out) or fix its permissions"
+            f"choose a writable folder ({setting}) or fix its permissions"
         ) from None
     return folder
 
@@ -63,6 +69,7 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+            os.chmod(handle.name, 0o644)  # temporary files are private; results are not
         except BaseException:
             handle.close()
             os.unlink(handle.name)

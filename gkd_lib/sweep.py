@@ -68,11 +68,16 @@ def sweep_table(cfg: Config, geometry: pd.DataFrame | None = None) -> pd.DataFra
 
 
 def best_weight(table: pd.DataFrame) -> dict:
-    """The grid point with the best validation accuracy (ties: higher centroid correlation)."""
-    if table.empty:
-        raise ValueError("the sweep has no finished runs yet; run its training steps first")
+    """The grid point with the best validation accuracy (ties: higher centroid correlation).
+
+    Weight 0 is the sweep's reference (the term switched off), never its best: a geometry arm
+    that took it would be the baseline under another name.
+    """
+    candidates = table[table["weight"] > 0] if not table.empty else table
+    if candidates.empty:
+        raise ValueError("the sweep has no finished run with a weight above 0; sweep_weights needs one")
     keys = ["val_top1", "centroid_pearson"] if "centroid_pearson" in table else ["val_top1"]
-    row = table.sort_values(keys, ascending=False).iloc[0]
+    row = candidates.sort_values(keys, ascending=False).iloc[0]
     return {
         "weight": float(row["weight"]),
         "centroids": str(row["centroids"]),

@@ -32,12 +32,13 @@ from gkd_lib.config import Config
 from gkd_lib.datasets import ImageData, load_dataset
 from gkd_lib.distiller import Distiller
 from gkd_lib.geometry import class_centroids
-from gkd_lib.methods import MethodContext, build_methods, method_defaults, split_spec
+from gkd_lib.methods import MethodContext, build_methods, canonical_spec, method_defaults, split_spec
 from gkd_lib.models import build_model, count_parameters
 from gkd_lib.runs import (
     CheckpointError,
     MetricsLog,
     RunExistsError,
+    bars_disabled,
     environment,
     load_checkpoint,
     locked,
@@ -415,7 +416,7 @@ def _fit_locked(run, distiller, data, cfg, device, info, progress, after_trainin
             train.train_epoch(generator),
             total=len(train),
             leave=False,
-            disable=not progress,
+            disable=not progress or bars_disabled(),
             desc=f"{run.role} {run.method} seed {run.seed} epoch {epoch + 1}/{run.epochs}",
         )
         for step, (images, labels) in enumerate(bar):
@@ -674,11 +675,23 @@ def train_student(
     progress: bool = True,
 ) -> dict:
     """Distil one student arm (`method`, for example 'geometry' or 'kd+geometry') with one seed."""
-    split_spec(method)
+    method = canonical_spec(method)
     method_args = cfg.method_args if method_args is None else method_args
     run = student_run(cfg, method, seed, run_name, method_args)
     if not force and run_state(run) == "done":
         return read_json(run.folder / "summary.json")
+    try:
+        teacher_state = run_state(teacher_run(cfg))
+    except RunExistsError as error:
+        raise RunExistsError(
+            f"the teacher on disk does not match this profile: {error}. Distilling from it would record "
+            "the wrong teacher; retrain the teacher (notebook 01 with force=True) or use its parameters"
+        ) from None
+    if teacher_state != "done":
+        raise FileNotFoundError(
+            f"the teacher at {cfg.teacher_dir} has not finished training; train it first (notebook "
+            f"01_train_teacher, or python -m gkd_lib.pipeline --profile {cfg.profile} --only teacher)"
+        )
     data = data or load_data(cfg)
     device = select_device(cfg.device, cfg.threads)
     teacher, centroids = load_teacher(cfg, data, device)

@@ -179,7 +179,7 @@ def test_baseline_holds_no_teacher():
 @pytest.mark.parametrize(
     ("spec", "args", "error", "fragment"),
     [
-        ("kd++geometry", {}, UnknownNameError, "unknown method ''"),
+        ("kd++geometry", {}, ValueError, "has an empty name; join method names with '+'"),
         ("distill", {}, UnknownNameError, "valid methods: baseline"),
         (
             "kd",

@@ -9,6 +9,7 @@ import re
 import nbformat
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import SHARED_DATA
 
@@ -130,8 +131,9 @@ def test_tiny_profile_sweep(tiny):
     assert sorted(sweep["weight"].tolist()) == [0, 30]
     assert sweep["centroid_pearson"].notna().all()
     best = json.loads((cfg.profile_dir / "sweep" / "best.json").read_text())
-    assert best["weight"] in (0, 30) and best["selected_on"] == "validation accuracy"
-    assert best["val_top1"] == pytest.approx(sweep["val_top1"].max())
+    # weight 0 is the reference, never the best: the only other point is 30
+    assert best["weight"] == 30 and best["selected_on"] == "validation accuracy"
+    assert best["val_top1"] == pytest.approx(sweep.loc[sweep["weight"] == 30, "val_top1"].max())
 
 
 def test_second_run_skips_every_step(tiny):
@@ -239,3 +241,56 @@ def test_sweep_grid_shares_the_weight_zero_run():
     arguments = dict(sweep_points(cfg))
     assert arguments["sweep-batch-w10"]["geometry"] == {"weight": 10.0, "centroids": "batch"}
     assert arguments["sweep-w0"]["geometry"]["weight"] == 0.0
+
+
+def test_out_folder_takes_the_figures_too(tmp_path):
+    args = pipeline.build_parser().parse_args(["--profile", "demo", "--out", str(tmp_path / "elsewhere")])
+    cfg = pipeline.config_from_args(args)
+    assert cfg.figure_dir == tmp_path / "elsewhere" / "figures" / "demo"
+    assert cfg.profile_dir == tmp_path / "elsewhere" / "demo"
+    args = pipeline.build_parser().parse_args(
+        ["--out", str(tmp_path / "x"), "--figures", str(tmp_path / "f")]
+    )
+    assert pipeline.config_from_args(args).figure_dir == tmp_path / "f" / "demo"
+    assert (
+        pipeline.config_from_args(pipeline.build_parser().parse_args([])).figure_dir
+        == config.REPO_ROOT / "figures" / "demo"
+    )
+
+
+def test_device_errors_before_anything_runs(capsys, tmp_path):
+    assert pipeline.main(["--profile", "demo", "--devices", "gpu0", "--out", str(tmp_path)]) == 2
+    assert "'gpu0' is not a device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert pipeline.main(["--profile", "demo", "--devices", "cuda:0", "--out", str(tmp_path)]) == 2
+        assert "CUDA is not available on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "teacher").exists()
+
+
+def test_dry_run_checks_sizes_and_says_when_data_is_missing(tmp_path):
+    lines = []
+    pipeline.dry_run(config.resolve("paper", data_root=str(tmp_path)), echo=lines.append)
+    assert any(line.startswith("warning: no cifar100 files under") for line in lines)
+    with pytest.raises(ValueError, match="train_subset must be a whole number from 10"):
+        pipeline.dry_run(config.resolve("demo", train_subset=100000), echo=lines.append)
+    assert pipeline.main(["--profile", "demo", "--dry-run", "--set", "methods=[kd"]) == 2
+
+
+def test_removing_an_arm_reruns_the_analysis_and_report(tiny):
+    cfg, _ = tiny
+    fewer = cfg.replace(methods=("baseline",))
+    lines = []
+    pipeline.run_pipeline(fewer, echo=lines.append)
+    assert any(line.startswith("[  ok] 03 geometry analysis") for line in lines), lines
+    assert any(line.startswith("[  ok] 04 report") for line in lines), lines
+    assert pd.read_csv(cfg.figure_dir / "results.csv")["arm"].tolist() == ["teacher", "baseline"]
+    assert set(pd.read_csv(cfg.profile_dir / "analysis" / "geometry.csv")["arm"]) == {"teacher", "baseline"}
+
+
+def test_only_a_stage_without_steps_says_so(tiny):
+    cfg, _ = tiny
+    lines = []
+    pipeline.run_pipeline(
+        cfg.replace(sweep_weights=(), use_sweep_best=False), only="sweep", echo=lines.append
+    )
+    assert any("[none] stage 'sweep' has no steps" in line for line in lines), lines

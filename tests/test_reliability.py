@@ -233,12 +233,19 @@ def test_model_that_does_not_fit_the_dataset_is_refused():
 
 def test_teacher_trained_on_another_dataset_is_refused(small_teacher, image_folder):
     cfg = small_teacher.replace(dataset="imagefolder", data_root=str(image_folder[0]), val_fraction=0.25)
+    # The student refuses before loading any data: the teacher's recorded parameters differ.
+    with pytest.raises(
+        RunExistsError, match=r"teacher on disk does not match.*differing: dataset, val_fraction"
+    ):
+        train.train_student(cfg, "kd", seed=0, progress=False)
+    # Loading the checkpoint against other data names both sides.
+    data = train.load_data(cfg)
     with pytest.raises(
         ValueError,
         match="was trained on digits .*10 classes, 1 channels.*imagefolder "
         r"\(3 classes, 3 channels\)",
     ):
-        train.train_student(cfg, "kd", seed=0, progress=False)
+        train.load_teacher(cfg, data, torch.device("cpu"))
 
 
 def test_unwritable_output_folder_is_refused(tmp_path):
@@ -331,3 +338,118 @@ def test_exponent_numbers_written_without_a_dot_are_numbers(tmp_path):
     assert cfg.method_args == {"geometry": {"weight": 30.0}}
     with pytest.raises(ConfigError, match="lr must be a finite number > 0, got 'fast'"):
         config.resolve(profile, lr="fast")
+
+
+# ----------------------------------------------------------------------------- found by a newcomer
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ({"seeds": 3}, "seeds must be a list, for example [0, 1, 2]; got 3"),
+        ({"methods": "kd"}, "methods must be a list, for example [baseline, kd]; got 'kd'"),
+        ({"sweep_weights": 10}, "sweep_weights must be a list"),
+        ({"seeds": [0, 0]}, "seeds lists a value twice: [0, 0]"),
+        ({"methods": ["kd", "kd"]}, "methods lists the same arm twice: 'kd' and 'kd'"),
+        ({"methods": ["kd+geometry", "geometry+kd"]}, "the same arm twice: 'kd+geometry' and 'geometry+kd'"),
+        ({"methods": ["baseline+geometry"]}, "baseline adds no term"),
+        ({"methods": ["geometry+"]}, "has an empty name"),
+        (
+            {"sweep_weights": [0], "use_sweep_best": True},
+            "use_sweep_best needs a lambda sweep with a weight above 0",
+        ),
+    ],
+)
+def test_malformed_lists_and_names_are_refused(override, fragment):
+    with pytest.raises((ConfigError, ValueError)) as error:
+        config.resolve("demo", **override)
+    assert fragment in str(error.value)
+
+
+def test_a_profile_name_that_is_a_path_is_refused(tmp_path):
+    # The name becomes runs/<profile> and figures/<profile>; '..' would write outside them.
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("profile: ../escaped\ndataset: digits\n")
+    with pytest.raises(ConfigError, match="profile name '../escaped' names folders"):
+        config.resolve(profile)
+    with pytest.raises(ConfigError, match="profile name 'a/b' names folders"):
+        config.resolve("demo").replace(profile="a/b")
+    spaced = tmp_path / "my study.yaml"
+    spaced.write_text("dataset: digits\n")
+    with pytest.raises(ConfigError, match="profile name 'my study' names folders"):
+        config.resolve(spaced)
+
+
+def test_whitespace_in_a_method_spec_names_one_arm():
+    cfg = config.resolve("demo", methods=[" kd + geometry", "baseline"])
+    assert cfg.methods == ("kd+geometry", "baseline")
+    run = train.student_run(cfg, "kd+geometry", 0)
+    assert run.folder.name == "seed0" and run.folder.parent.name == "kd+geometry"
+
+
+def test_invalid_yaml_profile_names_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("methods: [kd\nepochs: 2\n")
+    with pytest.raises(ConfigError, match=f"profile {broken} is not valid YAML"):
+        config.resolve(broken)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        (
+            {"train_subset": 100000},
+            "train_subset must be a whole number from 10 (one image per class) to 1427",
+        ),
+        ({"test_subset": 3}, "test_subset must be a whole number from 10"),
+        ({"train_subset": 0}, "got 0"),
+        ({"train_subset": 40, "val_fraction": 0.1}, "gives 4 validation and 36 training images"),
+    ],
+)
+def test_subsets_too_small_or_large_name_the_parameter(kwargs, fragment):
+    with pytest.raises(ValueError) as error:
+        load_dataset("digits", **kwargs)
+    assert fragment in str(error.value)
+
+
+def test_sweep_best_weight_is_never_zero():
+    import pandas as pd
+
+    from gkd_lib.sweep import best_weight
+
+    table = pd.DataFrame(
+        {
+            "weight": [0.0, 3.0, 30.0],
+            "centroids": ["running"] * 3,
+            "val_top1": [50.0, 48.0, 47.0],
+            "test_top1": [49.0, 47.0, 45.0],
+        }
+    )
+    assert best_weight(table)["weight"] == 3.0  # weight 0 has the best accuracy, but is the reference
+    with pytest.raises(ValueError, match="no finished run with a weight above 0"):
+        best_weight(table[table["weight"] == 0])
+
+
+def test_student_refuses_a_teacher_made_with_other_parameters(small_teacher):
+    other = small_teacher.replace(teacher_epochs=5)  # the teacher on disk has 2 epochs
+    with pytest.raises(
+        RunExistsError, match="the teacher on disk does not match this profile.*differing: epochs"
+    ):
+        train.train_student(other, "kd", seed=0, progress=False)
+
+
+def test_untrained_teacher_is_named(tmp_path):
+    cfg = config.resolve("demo", runs_dir=str(tmp_path / "runs"))
+    with pytest.raises(FileNotFoundError, match="has not finished training; train it first"):
+        train.train_student(cfg, "kd", seed=0, progress=False)
+
+
+def test_results_are_readable_by_others(small_teacher):
+    for name in ("summary.json", "config.json", "best.pt", "last.pt"):
+        assert (small_teacher.teacher_dir / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_image_data_prints_a_summary():
+    assert repr(load_dataset("digits")) == (
+        "ImageData(digits: 1437 train, 0 validation, 360 test images of 1x8x8, 10 classes)"
+    )

@@ -17,7 +17,16 @@ from gkd_lib.methods.base import METHODS, Method, MethodContext, Outputs
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "Method", "MethodContext", "Outputs", "build_methods", "split_spec", "method_defaults"]
+__all__ = [
+    "canonical_spec",
+    "METHODS",
+    "Method",
+    "MethodContext",
+    "Outputs",
+    "build_methods",
+    "split_spec",
+    "method_defaults",
+]
 
 
 def split_spec(spec: str) -> list[str]:
@@ -28,11 +37,22 @@ def split_spec(spec: str) -> list[str]:
             f"valid methods: {', '.join(METHODS.names())}"
         )
     names = [part.strip() for part in spec.split("+")]
+    if "" in names:
+        raise ValueError(
+            f"method spec {spec!r} has an empty name; join method names with '+', e.g. kd+geometry"
+        )
     for name in names:
         METHODS.get(name)
     if len(set(names)) != len(names):
         raise ValueError(f"method spec {spec!r} names a method twice")
+    if len(names) > 1 and "baseline" in names:
+        raise ValueError(f"method spec {spec!r}: baseline adds no term; write the other methods alone")
     return names
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec with its whitespace removed: ' kd + geometry' -> 'kd+geometry' (one run folder per arm)."""
+    return "+".join(split_spec(spec))
 
 
 def method_defaults(name: str) -> dict:
