@@ -99,3 +99,23 @@ def image_folder(tmp_path):
                 Image.fromarray(pixels).save(root / split / name / f"{k}.png")
                 written[split][(name, k)] = pixels
     return root, written
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_layout(tmp_path_factory):
+    """A stand-in for ../shared/data/cifar10-jpeg with its layout and image counts (10 classes,
+    5,000 train and 1,000 test images each), every file a link to one real 32x32 PNG: enough for
+    a dry run, which counts the files and opens one of them."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cifar10-jpeg-layout")
+    image = root / "image.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split, count in (("train", 5000), ("test", 1000)):
+        for name in names:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for k in range(count):
+                os.link(image, folder / f"{k:04d}.png")
+    return root

@@ -185,13 +185,11 @@ def test_committed_notebooks_carry_no_outputs(name):
 
 
 @pytest.mark.parametrize("profile", config.profile_names())
-def test_dry_run_every_profile(profile, image_folder):
+def test_dry_run_every_profile(profile, cifar10_jpeg_layout):
     overrides = {}
-    if (
-        config.load_profile(profile)["dataset"] == "imagefolder"
-        and not (SHARED_DATA / "cifar10-jpeg").is_dir()
-    ):
-        overrides["data_root"] = str(image_folder[0])
+    if config.load_profile(profile)["dataset"] == "imagefolder":
+        real = SHARED_DATA / "cifar10-jpeg"
+        overrides["data_root"] = str(real if real.is_dir() else cifar10_jpeg_layout)
     cfg = config.resolve(profile, **overrides)
     before = sorted(cfg.profile_dir.rglob("*")) if cfg.profile_dir.exists() else []
     lines = []
