@@ -310,6 +310,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """A device this machine has: a benchmark measured elsewhere than asked would mislead."""
+    if text != "auto":
+        try:
+            device = torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a device; use auto, cpu, cuda or cuda:N"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+        if device.type not in ("cpu", "cuda"):
+            raise argparse.ArgumentTypeError(f"{text}: the benchmark runs on cpu or cuda")
+    return text
+
+
 def _not_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -339,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("cifar10", "cifar100", "imagefolder"),
         help="with --data-root: CIFAR files, or a folder of train/<class>/ images (the CIFAR-10 JPEGs)",
     )
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=_positive, help="CPU threads (default: torch's)")
     parser.add_argument(
         "--workers", type=_not_negative, default=2, help="reference DataLoader workers (default 2)"
     )

@@ -112,7 +112,7 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 LIST_FIELDS = [name for name, f in FIELDS.items() if isinstance(f.default, tuple)]
-_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
 def in_repo(path: str | os.PathLike) -> Path:
@@ -184,8 +184,20 @@ def from_notebook(namespace: dict) -> Config:
     `profile` names the profile; every other study parameter that is not None
     overrides it (papermill injects them from `-f PROFILE.yaml` or `-p KEY VALUE`).
     """
+    check_flag("force", namespace.get("force", False))
     overrides = {k: namespace[k] for k in FIELDS if k != "profile" and namespace.get(k) is not None}
     return resolve(namespace.get("profile") or "demo", **overrides)
+
+
+def check_flag(name: str, value) -> bool:
+    """A true/false parameter must be a real boolean: papermill passes `-p force false` as the
+    text 'false', which Python would take as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{name} must be true or false, got {value!r}"
+            + (" (with papermill -p, write True or False)" if isinstance(value, str) else "")
+        )
+    return value
 
 
 # PyYAML reads exponent numbers without a dot (5e-4) as text; they are numbers here.
@@ -203,7 +215,10 @@ def _normalise(data: dict) -> dict:
         if isinstance(value, list):
             value = tuple(_number(v) for v in value)
         elif key == "method_args" and isinstance(value, dict):
-            value = {m: {k: _number(v) for k, v in (a or {}).items()} for m, a in value.items()}
+            value = {
+                m: {k: _number(v) for k, v in a.items()} if isinstance(a, dict) else a
+                for m, a in value.items()
+            }
         normal[key] = _number(value)
     return normal
 
@@ -220,11 +235,7 @@ def validate(cfg: Config) -> Config:
         if not isinstance(getattr(cfg, name), tuple):
             example = {"seeds": "[0, 1, 2]", "methods": "[baseline, kd]"}.get(name, "[...]")
             raise ConfigError(f"{name} must be a list, for example {example}; got {getattr(cfg, name)!r}")
-    if not _PROFILE_NAME.match(str(cfg.profile)):
-        raise ConfigError(
-            f"profile name {cfg.profile!r} names folders (runs/<profile>, figures/<profile>): use letters, "
-            "digits, '-', '_' and '.', not a path"
-        )
+    check_folder_name("profile name", cfg.profile, "runs/<profile>, figures/<profile>")
     DATASETS.get(cfg.dataset)
     MODELS.get(cfg.teacher)
     MODELS.get(cfg.student)
@@ -249,7 +260,13 @@ def validate(cfg: Config) -> Config:
         build_methods(spec, cfg.method_args, toy)
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("schedule", cfg.schedule, SCHEDULES)
-    _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+    _check_device(cfg.device)
+    for name in ("download", "nesterov", "compile", "use_sweep_best"):
+        check_flag(name, getattr(cfg, name))
+    for name in ("data_root", "runs_dir", "figures_dir"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, (str, os.PathLike)) or (name == "data_root" and value is None)):
+            raise ConfigError(f"{name} must be a folder path, got {value!r}")
 
     for name in ("epochs", "teacher_epochs", "batch_size", "eval_batch_size", "umap_points"):
         _check_int(name, getattr(cfg, name), minimum=1)
@@ -260,7 +277,7 @@ def validate(cfg: Config) -> Config:
     if not cfg.seeds:
         raise ConfigError("seeds is empty; list at least one seed, for example [0]")
     for seed in (*cfg.seeds, cfg.teacher_seed):
-        _check_int("seed", seed, minimum=0)
+        check_seed(seed)
     _check_number("lr", cfg.lr, low=0, low_open=True)
     _check_number("weight_decay", cfg.weight_decay, low=0)
     _check_number("gamma", cfg.gamma, low=0, low_open=True)
@@ -268,6 +285,10 @@ def validate(cfg: Config) -> Config:
     _check_number("student_width", cfg.student_width, low=0, low_open=True)
     if not (_is_number(cfg.momentum) and 0 <= cfg.momentum < 1):
         raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum!r}")
+    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
+        raise ConfigError(
+            "nesterov needs a momentum above 0, got momentum 0; set nesterov: false, or a momentum in (0, 1)"
+        )
     if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
         raise ConfigError(
             f"val_fraction must be in (0, 1): a validation split selects the best epoch; "
@@ -287,6 +308,21 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def check_folder_name(what: str, value, folders: str) -> str:
+    """A name that becomes a folder must be one name, not a path."""
+    if not (isinstance(value, str) and _FOLDER_NAME.match(value)):
+        raise ConfigError(
+            f"{what} {value!r} names folders ({folders}): use letters, digits, '-', '_', '+' and '.', "
+            "not a path"
+        )
+    return value
+
+
+def check_seed(value) -> int:
+    _check_int("seed", value, minimum=0)
+    return value
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -300,6 +336,23 @@ def _check_number(name, value, low, low_open=False):
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _check_device(device) -> None:
+    """'auto', or a device name torch knows (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    accepted = "auto, cpu, cuda, cuda:N or mps"
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be one of {accepted}; got {device!r}")
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; valid devices: {accepted}") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {device!r}; valid devices: {accepted}")
 
 
 def _check_choice(name, value, choices):

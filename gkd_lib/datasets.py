@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
@@ -108,30 +109,14 @@ OFFICIAL_FOLDERS = {
 
 
 def describe(name: str, root: str | os.PathLike | None = None) -> tuple[int, int, int, int, int]:
-    """(classes, channels, image size, train images, test images) without decoding any image."""
+    """(classes, channels, image size, train images, test images), decoding one image at most."""
     DATASETS.get(name)
     if name in SHAPES:
         return SHAPES[name]
-    folder = resolve_data_root(root)
-    splits = {
-        split: sorted(p for p in (folder / split).iterdir() if p.is_dir())
-        if (folder / split).is_dir()
-        else []
-        for split in ("train", "test")
-    }
-    if not splits["train"]:
-        raise _missing(
-            name, folder, downloadable=False, extra="Its class folders give the number of classes. "
-        )
-    from PIL import Image
-
-    first = next(p for p in sorted(splits["train"][0].iterdir()) if p.is_file())
-    with Image.open(first) as image:
+    train, test = _image_folders(resolve_data_root(root))
+    with Image.open(train.samples[0][0]) as image:
         size = image.size[0]
-    counts = [
-        sum(1 for c in splits[split] for p in c.iterdir() if p.is_file()) for split in ("train", "test")
-    ]
-    return len(splits["train"]), 3, size, *counts
+    return len(train.classes), 3, size, len(train.samples), len(test.samples)
 
 
 def data_present(name: str, root: str | os.PathLike | None = None) -> bool:
@@ -144,6 +129,15 @@ def data_present(name: str, root: str | os.PathLike | None = None) -> bool:
     if name == "fashion_mnist" and FASHION_MNIST_SYSTEM_DIR.is_dir():
         return True
     return (root / OFFICIAL_FOLDERS[name]).is_dir()
+
+
+def check_present(name: str, root: str | os.PathLike | None = None) -> None:
+    """Raise now, decoding nothing, the error the loader would raise for a dataset's missing files."""
+    root = resolve_data_root(root)
+    if name == "imagefolder":
+        _image_folders(root)
+    elif not data_present(name, root):
+        raise _missing(name, root / OFFICIAL_FOLDERS[name], downloadable=True)
 
 
 def load_dataset(
@@ -403,21 +397,7 @@ def _imagefolder(root: Path, download: bool = False) -> ImageData:
     inside the data root, which may be read-only), keyed by the folder's path and
     the names, sizes and modification times of its files.
     """
-    from torchvision.datasets import ImageFolder
-
-    if not ((root / "train").is_dir() and (root / "test").is_dir()):
-        raise _missing(
-            "imagefolder",
-            root,
-            downloadable=False,
-            extra="It needs train/ and test/ subfolders with one folder per class. ",
-        )
-    train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "test"))
-    if train.classes != test.classes:
-        raise ValueError(
-            f"train/ and test/ of {root} hold different class folders: {train.classes} and {test.classes}"
-        )
-
+    train, test = _image_folders(root)
     key = _folder_key(root, train.samples + test.samples)
     cached = cache_dir() / f"imagefolder-{key}.npz"
     if cached.exists():
@@ -432,6 +412,30 @@ def _imagefolder(root: Path, download: bool = False) -> ImageData:
     return _make(
         "imagefolder", train_x, train_y, test_x, test_y, train.classes, crop_padding=padding, flip=True
     )
+
+
+def _image_folders(root: Path):
+    """torchvision's ImageFolder over train/ and test/ (it lists the image files, decoding none)."""
+    from torchvision.datasets import ImageFolder
+
+    absent = [split + "/" for split in ("train", "test") if not (root / split).is_dir()]
+    if absent:
+        raise _missing(
+            "imagefolder",
+            root,
+            downloadable=False,
+            extra=f"It needs train/ and test/ subfolders with one folder per class; {' and '.join(absent)} "
+            f"{'is' if len(absent) == 1 else 'are'} missing. ",
+        )
+    try:
+        train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "test"))
+    except FileNotFoundError as error:  # an empty split, or a class folder without images
+        raise DataNotFoundError(f"image folder {root}: {error}") from None
+    if train.classes != test.classes:
+        raise ValueError(
+            f"train/ and test/ of {root} hold different class folders: {train.classes} and {test.classes}"
+        )
+    return train, test
 
 
 def _folder_key(root: Path, samples) -> str:

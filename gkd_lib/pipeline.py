@@ -91,10 +91,13 @@ def execute(
         progress_bar=False,
         log_output=log_output,
         cwd=str(REPO_ROOT),
-        # The kernel's start-up warnings would clutter the step lines, and progress bars the
+        # The kernel's own log would clutter the step lines: a start-up warning, and at shutdown
+        # "KeyboardInterrupt caught in kernel" (jupyter_client interrupts a kernel before shutting
+        # it down), which looks like a failure and is not one. An error in a cell still fails the
+        # step, with its traceback in the executed notebook. Progress bars would clutter the
         # executed notebooks: each epoch's summary line says what a bar would.
         extra_arguments=[
-            "--IPKernelApp.log_level=ERROR",
+            "--IPKernelApp.log_level=CRITICAL",
             "--IPKernelApp.exec_lines=import os; os.environ['TQDM_DISABLE'] = '1'",
         ],
     )
@@ -405,6 +408,10 @@ def run_pipeline(
     with locked(cfg.profile_dir, "pipeline"):
         started = time.perf_counter()
         _check_existing_runs(cfg, force)
+        if not cfg.download and any(not step.is_done() for _, steps in plan(cfg, force) for step in steps):
+            from gkd_lib.datasets import check_present
+
+            check_present(cfg.dataset, cfg.resolved_data_root)  # before a kernel starts, not inside 01
         snapshot = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         atomic_write_bytes(snapshot_path(cfg), lambda handle: handle.write(snapshot.encode()))
         stages = [only] if only else list(STAGES)
@@ -500,7 +507,7 @@ def _check_existing_runs(cfg: Config, force: bool) -> None:
 # ----------------------------------------------------------------------------- dry run
 
 
-def dry_run(cfg: Config, echo=print) -> list[Step]:
+def dry_run(cfg: Config, echo=print, only: str | None = None) -> list[Step]:
     """Resolve every step's parameters and build every model and method, without training.
 
     A forward pass of two dummy images through each distiller checks the shapes, so a
@@ -526,12 +533,17 @@ def dry_run(cfg: Config, echo=print) -> list[Step]:
     )
     if not data_present(cfg.dataset, cfg.resolved_data_root):
         echo(
-            f"warning: no {cfg.dataset} files under {cfg.resolved_data_root}; a real run needs them there "
-            "(--data-root, GKD_DATA_ROOT, or --set download=true where a network exists)"
+            f"warning: no {cfg.dataset} files under {cfg.resolved_data_root}; "
+            + (
+                "a real run downloads them there (download is on)"
+                if cfg.download
+                else "a real run needs them there (--data-root, GKD_DATA_ROOT, "
+                "or --download where a network exists)"
+            )
         )
     teacher = build_model(cfg.teacher, num_classes, channels, cfg.teacher_width).eval()
     echo(f"teacher {cfg.teacher}: {count_parameters(teacher):,} parameters")
-    steps = [step for _, phase in plan(cfg) for step in phase]
+    steps = [step for stage, phase in plan(cfg) if only in (None, stage) for step in phase]
     images = torch.randn(2, channels, size, size)
     labels = torch.tensor([0, 1 % num_classes])
     with torch.no_grad():
@@ -585,7 +597,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.setdefault("figures_dir", str(Path(args.out).resolve() / "figures"))
     if args.figures:
         overrides["figures_dir"] = str(Path(args.figures).resolve())
-    return config_module.resolve(args.profile, **overrides)
+    if args.download:
+        overrides["download"] = True
+    cfg = config_module.resolve(args.profile, **overrides)
+    # resolve() reads None as "the profile's value"; --set KEY=null means "not set" (train_subset=null).
+    unset = {key: None for key, value in overrides.items() if value is None}
+    return cfg.replace(**unset) if unset else cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -609,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--figures", help="figures folder (default: figures/ at the repository root, or OUT/figures)"
     )
     parser.add_argument("--only", choices=STAGES, help="run one stage only")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download the dataset where a network exists (CIFAR, Fashion-MNIST)",
+    )
     parser.add_argument(
         "--force", action="store_true", help="rerun steps whose results exist (overwrites them)"
     )
@@ -637,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
         if args.dry_run:
-            dry_run(cfg)
+            _check_devices(cfg, devices, print)
+            dry_run(cfg, only=args.only)
             return 0
         run_pipeline(
             cfg,

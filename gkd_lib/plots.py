@@ -191,7 +191,9 @@ def umap_panels(projections: dict[str, np.ndarray], labels: np.ndarray, class_na
     palette = class_palette(num_classes)
     columns = min(len(names), 3)
     rows = int(np.ceil(len(names) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 5.0 * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5.2 * columns, 5.0 * rows), squeeze=False, layout="constrained"
+    )
     colours = np.asarray(palette)[labels]
     marker = float(np.clip(6000 / len(labels), 3, 25))
     for axis, name in zip(axes.flat, names, strict=False):
@@ -213,6 +215,7 @@ def umap_panels(projections: dict[str, np.ndarray], labels: np.ndarray, class_na
         axis.set_title(name)
         axis.set_xticks([])
         axis.set_yticks([])
+        axis.margins(0.08)  # room for the labels of the classes at the edges
     for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
     if num_classes <= 20:
@@ -220,15 +223,8 @@ def umap_panels(projections: dict[str, np.ndarray], labels: np.ndarray, class_na
             plt.Line2D([], [], marker="o", ls="", color=palette[k], label=class_names[k])
             for k in range(num_classes)
         ]
-        figure.legend(
-            handles=handles,
-            loc="center right",
-            bbox_to_anchor=(1.0 + 0.9 / (5.2 * columns), 0.5),
-            frameon=False,
-            title="class",
-        )
+        figure.legend(handles=handles, loc="outside right center", frameon=False, title="class")
     figure.suptitle("UMAP of the test-set embeddings (one projection per model; labels at class medians)")
-    figure.tight_layout()
     return figure
 
 
@@ -258,16 +254,35 @@ def centroid_scatter(
     return figure
 
 
+ACCURACY_KEYS = ("train_acc", "val_acc", "test_acc")
+NOT_TERMS = {"epoch", "loss", "lr", "images_per_s", "epoch_time_s", "elapsed_s", *ACCURACY_KEYS}
+
+
 def training_curves(histories: dict[str, list[list[dict]]], key: str, ylabel: str, title: str):
-    """One line per arm: the mean over seeds of `key` per epoch, with a band of +-1 std."""
+    """One line per arm: the mean over seeds of `key` per epoch, with a band of +-1 std.
+
+    Accuracies are drawn in % (as in the tables); arms alternate line styles, so that one
+    lying on top of another still shows.
+    """
     figure, axis = plt.subplots(figsize=(7, 4.2))
     palette = sns.color_palette("tab10", len(histories))
-    for colour, (name, runs) in zip(palette, histories.items(), strict=False):
+    styles = ("-", "--", "-.", ":")
+    scale = 100.0 if key in ACCURACY_KEYS else 1.0
+    for index, (colour, (name, runs)) in enumerate(zip(palette, histories.items(), strict=False)):
         length = min(len(rows) for rows in runs)
-        values = np.array([[row[key] for row in rows[:length]] for rows in runs], dtype=float)
+        values = scale * np.array([[row[key] for row in rows[:length]] for rows in runs], dtype=float)
         epochs = np.arange(1, length + 1)
         mean = values.mean(0)
-        axis.plot(epochs, mean, label=f"{name} (n={len(runs)})", color=colour, lw=2)
+        axis.plot(
+            epochs,
+            mean,
+            label=f"{name} (n={len(runs)})",
+            color=colour,
+            lw=2,
+            ls=styles[index % len(styles)],
+            marker="o" if length <= 15 else None,  # a short run's epochs, and a one-epoch run at all
+            ms=3,
+        )
         if len(runs) > 1:
             std = values.std(0, ddof=1)
             axis.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
@@ -278,10 +293,6 @@ def training_curves(histories: dict[str, list[list[dict]]], key: str, ylabel: st
     sns.despine(figure)
     figure.tight_layout()
     return figure
-
-
-ACCURACY_KEYS = ("train_acc", "val_acc", "test_acc")
-NOT_TERMS = {"epoch", "loss", "lr", "images_per_s", "epoch_time_s", "elapsed_s", *ACCURACY_KEYS}
 
 
 def run_curves(rows: list[dict], title: str):

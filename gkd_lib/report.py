@@ -98,14 +98,15 @@ def results_table(runs: pd.DataFrame, baseline: str = "baseline", reference: str
         for column in GEOMETRY_COLUMNS:
             if column in group:
                 row[column] = group[column].mean()
+                row[f"{column}_std"] = group[column].std(ddof=1) if len(group) > 1 else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _mean_std(mean, std) -> str:
+def _mean_std(mean, std, digits=2) -> str:
     if math.isnan(mean):
         return ""
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _number(value, digits=3) -> str:
@@ -135,8 +136,28 @@ def to_markdown(table: pd.DataFrame) -> str:
     )
     for column, title in GEOMETRY_COLUMNS.items():
         if column in table:
-            shown[title] = [_number(v) for v in table[column]]
-    return shown.to_markdown(index=False)
+            stds = table.get(f"{column}_std", pd.Series(math.nan, index=table.index))
+            shown[title] = [_mean_std(m, s, 3) for m, s in zip(table[column], stds, strict=True)]
+    # tabulate would parse the formatted figures back into numbers ("+2.69" -> 2.69, "0.950" -> 0.95)
+    aligned = ("left",) + ("right",) * (len(shown.columns) - 1)
+    table_text = shown.to_markdown(index=False, disable_numparse=True, colalign=aligned)
+    return table_text + "\n\n" + COLUMN_NOTES.rstrip()
+
+
+COLUMN_NOTES = """\
+How to read the columns: accuracies are test top-1 in %, mean ± standard deviation over seeds
+(one seed: no ±). "best-val epoch" is the epoch with the best accuracy on the validation split
+held out from the training images; the test set is only measured. Δ is the difference of the
+means from the baseline. p: two-sided Welch t-test over seeds (empty with fewer than 2 seeds).
+"paper-comparable": the best test accuracy seen during training, which selects on the test set,
+as the paper's Table 1 did. Geometry (test set, models at their best-val epoch, mean ± std over
+seeds): centroid Pearson and Spearman correlate the off-diagonal entries of the student's and
+the teacher's relation matrices (cosine similarities of class centroids; 1 is the teacher's
+geometry); relation Frobenius is ||G_S - G_T|| / ||G_T|| over those entries (0 is the
+teacher's); CKA is linear CKA between the embeddings; neighbour agreement is the overlap of
+each class's 5 nearest classes (C - 1 with fewer classes); silhouette, k-NN accuracy
+(5 neighbours, leave-one-out) and recall@1 (cosine) describe each model's own embedding space.
+"""
 
 
 def histories(cfg: Config, arms=None) -> dict[str, list[list[dict]]]:

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gkd_lib.augment import TensorBatches
-from gkd_lib.config import Config
+from gkd_lib.config import Config, check_flag, check_folder_name, check_seed
 from gkd_lib.datasets import ImageData, load_dataset
 from gkd_lib.distiller import Distiller
 from gkd_lib.geometry import class_centroids
@@ -327,6 +327,9 @@ def run_state(run: Run) -> str:
     if not config_path.exists():
         return "new"
     stored = read_json(config_path).get("run") or {}
+    trained = any((folder / name).exists() for name in ("last.pt", "best.pt", "summary.json"))
+    if stored != run.params and not trained:
+        return "new"  # a run that stopped before its first epoch ended holds no result to protect
     if stored != run.params:
         changed = sorted(k for k in set(stored) | set(run.params) if stored.get(k) != run.params.get(k))
         raise RunExistsError(
@@ -362,6 +365,7 @@ def fit(
     Returns the run's summary; a finished run with the same parameters is not retrained.
     `after_training(folder)` runs once the epochs are done, before the summary is written.
     """
+    check_flag("force", force)
     with locked(run.folder, "training run"):
         if force:
             clear_run(run.folder)
@@ -608,6 +612,9 @@ def student_run(
     cfg: Config, method: str, seed: int, run_name: str | None = None, method_args: dict | None = None
 ) -> Run:
     method_args = cfg.method_args if method_args is None else method_args
+    check_seed(seed)
+    if run_name is not None:
+        check_folder_name("run_name", run_name, "runs/<profile>/students/<run name>")
     return Run(
         cfg.student_dir(run_name or method, seed),
         "student",

@@ -128,8 +128,31 @@ def test_image_folder_cache_follows_file_changes(image_folder):
 
 def test_image_folder_without_splits_is_refused(tmp_path):
     (tmp_path / "only" / "train").mkdir(parents=True)
-    with pytest.raises(DataNotFoundError, match="train/ and test/"):
+    with pytest.raises(DataNotFoundError, match="train/ and test/ subfolders .*; test/ is missing"):
         load_dataset("imagefolder", tmp_path / "only")
+    with pytest.raises(DataNotFoundError, match="test/ is missing"):
+        datasets.describe("imagefolder", tmp_path / "only")
+
+
+def test_describe_counts_what_the_loader_reads(image_folder):
+    root, _ = image_folder
+    (root / "train" / "ant" / ".DS_Store").write_bytes(b"not an image")
+    (root / "train" / "notes.txt").write_text("a stray file beside the class folders")
+    data = load_dataset("imagefolder", root)
+    # 3 classes, RGB, 8x8 images, 4 train and 2 test images per class: the fixture's files only
+    assert datasets.describe("imagefolder", root) == (3, 3, 8, 12, 6)
+    assert (len(data.train_labels), len(data.test_labels)) == (12, 6)
+
+
+def test_an_empty_class_folder_is_named(image_folder):
+    root, _ = image_folder
+    (root / "train" / "dog").mkdir()
+    (root / "test" / "dog").mkdir()
+    for read in (datasets.describe, load_dataset, datasets.check_present):
+        with pytest.raises(
+            DataNotFoundError, match=f"image folder {root}: Found no valid file for the classes dog"
+        ):
+            read("imagefolder", root)
 
 
 @pytest.mark.skipif(

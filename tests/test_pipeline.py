@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 
 import nbformat
 import pandas as pd
@@ -121,7 +122,7 @@ def test_tiny_profile_results_table_holds_numbers(tiny):
         table.loc[2, "top1_best_val_mean"] - table.loc[1, "top1_best_val_mean"]
     )
     markdown = (cfg.figure_dir / "results.md").read_text()
-    assert re.search(r"\| kd\+geometry +\| +2 \| \d+\.\d\d ± \d+\.\d\d +\|", markdown), markdown
+    assert re.search(r"\| kd\+geometry +\| +2 \| +\d+\.\d\d ± \d+\.\d\d +\|", markdown), markdown
     assert "±" in markdown and "paper-comparable" in markdown
 
 
@@ -263,6 +264,24 @@ def test_device_errors_before_anything_runs(capsys, tmp_path):
         assert pipeline.main(["--profile", "demo", "--devices", "cuda:0", "--out", str(tmp_path)]) == 2
         assert "CUDA is not available on this machine" in capsys.readouterr().err
     assert not (tmp_path / "demo" / "teacher").exists()
+    if not torch.cuda.is_available():  # a dry run checks the devices too
+        assert pipeline.main(["--profile", "demo", "--dry-run", "--devices", "cuda:7"]) == 2
+        assert "CUDA is not available on this machine" in capsys.readouterr().err
+
+
+def test_missing_data_is_refused_before_a_kernel_starts(tmp_path, capsys):
+    started = time.perf_counter()
+    code = pipeline.main(
+        ["--profile", "cifar10-cpu", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
+    )
+    assert code == 2 and time.perf_counter() - started < 5  # a notebook's kernel alone takes seconds
+    assert "imagefolder not found: looked at" in capsys.readouterr().err
+    assert not (tmp_path / "cifar10-cpu" / "notebooks").exists()
+
+
+def test_dry_run_of_one_stage(capsys):
+    assert pipeline.main(["--profile", "demo", "--dry-run", "--only", "teacher"]) == 0
+    assert "dry run: 1 steps resolved for profile demo" in capsys.readouterr().out
 
 
 def test_dry_run_checks_sizes_and_says_when_data_is_missing(tmp_path):

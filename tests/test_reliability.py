@@ -197,6 +197,19 @@ def test_geometry_bank_is_in_the_checkpoint(small_teacher):
             "method 'kd' has no argument tau; accepted: temperature, alpha",
         ),
         ({"method_args": {"fitnet": {}}}, "unknown method 'fitnet'"),
+        ({"method_args": {"kd": 5}}, "the arguments of 'kd' must be a mapping of name to value"),
+        ({"method_args": {"kd": [1]}}, "got [1]"),
+        ({"nesterov": "maybe"}, "nesterov must be true or false, got 'maybe' (with papermill -p, write True"),
+        ({"download": "false"}, "download must be true or false, got 'false'"),
+        ({"compile": 1}, "compile must be true or false, got 1"),
+        ({"use_sweep_best": "yes"}, "use_sweep_best must be true or false"),
+        # torch refuses Nesterov without momentum, but only when the optimiser is built
+        ({"momentum": 0}, "nesterov needs a momentum above 0, got momentum 0; set nesterov: false"),
+        ({"device": 3}, "device must be one of auto, cpu, cuda, cuda:N or mps; got 3"),
+        ({"device": "cuda:abc"}, "unknown device 'cuda:abc'; valid devices: auto, cpu, cuda"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"data_root": 5}, "data_root must be a folder path, got 5"),
+        ({"figures_dir": ["a", "b"]}, "figures_dir must be a folder path, got ('a', 'b')"),
     ],
 )
 def test_bad_profile_values_are_refused_before_training(override, fragment, tmp_path):
@@ -453,3 +466,62 @@ def test_image_data_prints_a_summary():
     assert repr(load_dataset("digits")) == (
         "ImageData(digits: 1437 train, 0 validation, 360 test images of 1x8x8, 10 classes)"
     )
+
+
+def test_momentum_zero_is_accepted_without_nesterov():
+    cfg = config.resolve("demo", momentum=0, nesterov=False, device="cuda:1")
+    assert (cfg.momentum, cfg.nesterov, cfg.device) == (0, False, "cuda:1")
+
+
+def test_force_given_as_text_is_refused_before_anything_is_cleared(small_teacher):
+    # papermill's `-p force false` arrives as the text 'false', which Python takes as true.
+    with pytest.raises(ConfigError, match="force must be true or false, got 'false' \\(with papermill"):
+        config.from_notebook({"profile": "demo", "force": "false"})
+    summary = (small_teacher.teacher_dir / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="force must be true or false, got 'false'"):
+        train.train_teacher(small_teacher, force="false", progress=False)
+    assert (small_teacher.teacher_dir / "summary.json").read_text() == summary
+    assert len(metrics(small_teacher.teacher_dir)) == 2
+
+
+def test_a_run_that_never_finished_an_epoch_does_not_block_its_corrected_rerun(small_teacher, tmp_path):
+    cfg = small_teacher.replace(runs_dir=str(tmp_path / "runs"), lr=1.0)
+    run = train.teacher_run(cfg)
+    run.folder.mkdir(parents=True)
+    (run.folder / "config.json").write_text(json.dumps({"run": {**run.params, "lr": 2.0}}))
+    assert train.run_state(run) == "new"  # nothing trained there: no result to protect
+    summary = train.train_teacher(cfg, progress=False)
+    assert summary["epochs"] == 2
+    assert json.loads((run.folder / "config.json").read_text())["run"]["lr"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"seed": "abc"}, "seed must be a whole number >= 0, got 'abc'"),
+        ({"seed": -1}, "seed must be a whole number >= 0, got -1"),
+        ({"seed": 0, "run_name": "../../escape"}, "run_name '../../escape' names folders"),
+        ({"seed": 0, "run_name": "a/b"}, "run_name 'a/b' names folders"),
+    ],
+)
+def test_student_seed_and_run_name_are_checked(small_teacher, kwargs, fragment):
+    with pytest.raises(ConfigError) as error:
+        train.train_student(small_teacher, "kd", progress=False, **kwargs)
+    assert fragment in str(error.value)
+    assert not (small_teacher.profile_dir.parent / "escape").exists()
+
+
+def test_the_sweep_run_names_are_valid_folder_names():
+    from gkd_lib.sweep import point_name
+
+    for name in (point_name("running", 0), point_name("batch", 0.5), point_name("running", 1e6)):
+        assert config.check_folder_name("run_name", name, "runs") == name
+
+
+def test_command_line_null_unsets_a_profile_value_and_download_is_a_flag():
+    args = pipeline.build_parser().parse_args(["--profile", "cifar10-cpu", "--set", "train_subset=null"])
+    assert config.resolve("cifar10-cpu").train_subset == 10000
+    assert pipeline.config_from_args(args).train_subset is None
+    args = pipeline.build_parser().parse_args(["--profile", "paper", "--download"])
+    assert pipeline.config_from_args(args).download is True
+    assert pipeline.main(["--profile", "demo", "--set", "epochs=null", "--dry-run"]) == 2

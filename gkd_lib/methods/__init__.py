@@ -67,6 +67,11 @@ def check_method_args(method_args: dict) -> None:
         raise ValueError(f"method_args must be a mapping of method name to arguments, got {method_args!r}")
     for name, kwargs in method_args.items():
         accepted = method_defaults(name)  # raises for an unknown method, listing the valid ones
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(
+                f"method_args: the arguments of {name!r} must be a mapping of name to value, "
+                f"for example {{geometry: {{weight: 30}}}}; got {kwargs!r}"
+            )
         unknown = set(kwargs or {}) - set(accepted)
         if unknown:
             raise ValueError(
