@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 
 import nbformat
 import pandas as pd
@@ -270,13 +269,10 @@ def test_device_errors_before_anything_runs(capsys, tmp_path):
 
 
 def test_missing_data_is_refused_before_a_kernel_starts(tmp_path, capsys):
-    started = time.perf_counter()
-    code = pipeline.main(
-        ["--profile", "cifar10-cpu", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
-    )
-    assert code == 2 and time.perf_counter() - started < 5  # a notebook's kernel alone takes seconds
+    arguments = ["--profile", "cifar10-cpu", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
+    assert pipeline.main(arguments) == 2
     assert "imagefolder not found: looked at" in capsys.readouterr().err
-    assert not (tmp_path / "cifar10-cpu" / "notebooks").exists()
+    assert not (tmp_path / "cifar10-cpu" / "notebooks").exists()  # no notebook was started
 
 
 def test_dry_run_of_one_stage(capsys):
