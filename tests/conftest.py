@@ -39,26 +39,9 @@ def cifar100_root(tmp_path):
     train_y, test_y = [k % 100 for k in range(300)], list(range(100))
     names = [f"class_{k:02d}" for k in range(100)]
     folder = root / "cifar-100-python"
-    _dump(
-        folder / "train",
-        {
-            "data": train_x.reshape(300, -1),
-            "fine_labels": train_y,
-            "coarse_labels": [k // 5 for k in train_y],
-            "filenames": [],
-            "batch_label": "",
-        },
-    )
-    _dump(
-        folder / "test",
-        {
-            "data": test_x.reshape(100, -1),
-            "fine_labels": test_y,
-            "coarse_labels": [k // 5 for k in test_y],
-            "filenames": [],
-            "batch_label": "",
-        },
-    )
+    for split, images, labels in (("train", train_x, train_y), ("test", test_x, test_y)):
+        batch = {"data": images.reshape(len(labels), -1), "fine_labels": labels, "filenames": []}
+        _dump(folder / split, {**batch, "coarse_labels": [k // 5 for k in labels], "batch_label": ""})
     _dump(folder / "meta", {"fine_label_names": names, "coarse_label_names": [str(k) for k in range(20)]})
     return root, train_x, np.array(train_y), test_x, np.array(test_y), names
 
