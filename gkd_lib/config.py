@@ -95,12 +95,9 @@ class Config:
 
     @property
     def resolved_data_root(self) -> Path:
-        """data_root, else $GKD_DATA_ROOT, else data/ at the repository root."""
-        if self.data_root is not None:
-            return in_repo(self.data_root)
-        if os.environ.get("GKD_DATA_ROOT"):
-            return Path(os.environ["GKD_DATA_ROOT"]).expanduser()
-        return REPO_ROOT / "data"
+        """data_root, else $GKD_DATA_ROOT, else data/; relative ones are relative to the repository
+        root, so that the pipeline and its notebooks' kernels (which start there) read one folder."""
+        return in_repo(self.data_root or os.environ.get("GKD_DATA_ROOT") or "data")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

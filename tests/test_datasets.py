@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from gkd_lib import datasets
+from gkd_lib import config, datasets
 from gkd_lib.datasets import DataNotFoundError, load_dataset
 from gkd_lib.registry import UnknownNameError
 
@@ -192,3 +192,12 @@ def test_real_cifar10_jpeg_folder():
     again = load_dataset("imagefolder", CIFAR10_JPEG)
     print(f"second load of the CIFAR-10 JPEG folder: {time.perf_counter() - started:.2f} s (from the cache)")
     assert torch.equal(again.test_images, data.test_images)
+
+
+def test_profile_data_root_precedence_and_relative_paths(monkeypatch, tmp_path):
+    demo = config.resolve("demo")
+    assert demo.resolved_data_root == config.REPO_ROOT / "data"
+    monkeypatch.setenv("GKD_DATA_ROOT", "elsewhere/cifar")
+    monkeypatch.chdir(tmp_path)  # a relative root means the same folder from any cwd and in the kernels
+    assert demo.resolved_data_root == config.REPO_ROOT / "elsewhere" / "cifar"
+    assert demo.replace(data_root=str(tmp_path)).resolved_data_root == tmp_path
