@@ -327,10 +327,9 @@ def run_state(run: Run) -> str:
     if not config_path.exists():
         return "new"
     stored = read_json(config_path).get("run") or {}
-    trained = any((folder / name).exists() for name in ("last.pt", "best.pt", "summary.json"))
-    if stored != run.params and not trained:
-        return "new"  # a run that stopped before its first epoch ended holds no result to protect
     if stored != run.params:
+        if not any((folder / name).exists() for name in ("last.pt", "best.pt", "summary.json")):
+            return "new"  # a run that stopped before its first epoch ended holds no result to protect
         changed = sorted(k for k in set(stored) | set(run.params) if stored.get(k) != run.params.get(k))
         raise RunExistsError(
             f"{folder} holds a run made with other parameters (differing: {', '.join(changed)}); "
